@@ -1,0 +1,1 @@
+"""pytest plugin for CLIP robustness: options, metrics, statistics, gates and reports."""

@@ -1,0 +1,213 @@
+"""The run's configuration: defaults in code, ``[tool.robustness]`` in pyproject.toml, CLI flags last.
+
+Everything is validated here, at the edge, so a bad value stops the run before any model loads
+with a message that names the value and the accepted forms.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fixtures.models import ModelSpec, ModelSpecError, parse_model_spec
+
+DEFAULT_SEED = 0
+PYPROJECT_KEYS = {"thresholds", "models", "templates", "strict"}  # allowed keys of [tool.robustness]
+THRESHOLD_KEYS = {"property", "metric", "model", "dataset", "condition", "min", "max", "max_drop", "reason"}
+DATA_NAME = re.compile(r"^[A-Za-z0-9][\w.:+-]*$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the plugin turns it into a pytest usage error (no traceback)."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One gate rule; the patterns are fnmatch globs over the report row's fields."""
+
+    property: str
+    metric: str
+    model: str = "*"
+    dataset: str = "*"
+    condition: str = "*"
+    min: float | None = None  # value (its whole CI) must be >= min
+    max: float | None = None  # value (its whole CI) must be <= max
+    max_drop: float | None = None  # regression tolerance vs the baseline, in metric units
+    reason: str = ""
+    origin: str = ""  # where the rule came from, for messages
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        return all(
+            fnmatch.fnmatchcase(str(row.get(key, "")), getattr(self, key))
+            for key in ("property", "metric", "model", "dataset", "condition")
+        )
+
+
+def parse_threshold(raw: Any, origin: str) -> Threshold:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: each threshold must be a table/object, got {raw!r}")
+    unknown = set(raw) - THRESHOLD_KEYS
+    if unknown:
+        raise ConfigError(f"{origin}: unknown threshold key(s) {sorted(unknown)}; allowed: {sorted(THRESHOLD_KEYS)}")
+    for key in ("property", "metric"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{origin}: threshold {raw!r} needs a '{key}' string")
+    bounds = {k: raw.get(k) for k in ("min", "max", "max_drop")}
+    if all(v is None for v in bounds.values()):
+        raise ConfigError(f"{origin}: threshold {raw!r} needs at least one of min, max, max_drop")
+    for key, value in bounds.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{origin}: threshold {key}={value!r} must be a number")
+    if bounds["max_drop"] is not None and bounds["max_drop"] < 0:
+        raise ConfigError(f"{origin}: max_drop must be >= 0, got {bounds['max_drop']}")
+    for key in ("model", "dataset", "condition", "reason"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{origin}: threshold {key}={raw[key]!r} must be a string")
+    return Threshold(**{k: v for k, v in raw.items()}, origin=origin)
+
+
+def load_thresholds_file(path: Path) -> list[Threshold]:
+    """A TOML or JSON file holding ``thresholds = [...]`` (TOML: ``[[thresholds]]`` tables)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--thresholds {path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"--thresholds {path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {err}") from None
+    if isinstance(data, dict) and "tool" in data:  # a pyproject.toml given directly
+        data = data.get("tool", {}).get("robustness", {})
+    rows = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ConfigError(f"--thresholds {path}: expected a top-level 'thresholds' list ([[thresholds]] tables in TOML)")
+    return [parse_threshold(row, f"{path}[{i}]") for i, row in enumerate(rows)]
+
+
+def load_pyproject(rootdir: Path) -> dict[str, Any]:
+    """``[tool.robustness]`` of the rootdir's pyproject.toml (empty if absent); unknown keys are errors."""
+    path = Path(rootdir) / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        section = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("robustness", {})
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    unknown = set(section) - PYPROJECT_KEYS
+    if unknown:
+        raise ConfigError(f"{path} [tool.robustness]: unknown key(s) {sorted(unknown)}; allowed: {sorted(PYPROJECT_KEYS)}")
+    return section
+
+
+def parse_data_option(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` -> (name, path)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(
+            f"--data {text!r}: expected NAME=PATH, e.g. --data imagenet=/datasets/imagenet/val "
+            "or --data ood:textures=/datasets/dtd/images"
+        )
+    if not DATA_NAME.match(name):
+        raise ConfigError(f"--data {text!r}: dataset name {name!r} may hold letters, digits and . : _ + - only")
+    return name, Path(path).expanduser()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    models: tuple[ModelSpec, ...]  # what --model (or [tool.robustness].models, or the zoo) resolved to
+    data: dict[str, Path] = field(default_factory=dict)  # --data NAME=PATH
+    thresholds: tuple[Threshold, ...] = ()  # pyproject rules, then --thresholds rules
+    baseline: Path | None = None  # --baseline robustness.json of an earlier run
+    report_dir: Path = Path("reports")  # where robustness.json / .html / samples/ go
+    limit: int | None = None  # cap on items per dataset, for quick runs
+    seed: int = DEFAULT_SEED  # global seed; each test derives its own from it and its node id
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    strict: bool = False  # inconclusive gates fail the run
+    templates: tuple[str, ...] = ("openai", "single")  # template sets for the prompt factor
+    cache_dir: Path | None = None  # embedding cache location; None disables it
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["models"] = [m.raw or m.id for m in self.models]
+        out["data"] = {k: str(v) for k, v in self.data.items()}
+        out["thresholds"] = [asdict(t) for t in self.thresholds]
+        for key in ("baseline", "report_dir", "cache_dir"):
+            out[key] = None if out[key] is None else str(out[key])
+        return out
+
+
+def default_model_specs() -> tuple[ModelSpec, ...]:
+    """The embedded zoo, default model first."""
+    from fixtures import zoo
+
+    try:
+        entries = sorted(zoo.list_models(), key=lambda e: (not e.default, e.name))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"no --model given and the embedded zoo cannot be read: {err}") from None
+    if not entries:
+        raise ConfigError("no --model given and the embedded zoo is empty; pass --model SPEC")
+    return tuple(parse_model_spec(f"embedded:{e.name}") for e in entries)
+
+
+def build_config(*, models: list[str], data: list[str], thresholds: str | None, baseline: str | None,
+                 report_dir: str, limit: int | None, seed: int, device: str, strict: bool,
+                 templates: list[str], cache_dir: Path | None, rootdir: Path) -> RunConfig:
+    """Merge the three layers and validate every value."""
+    project = load_pyproject(rootdir)
+    try:
+        specs = tuple(parse_model_spec(m) for m in (models or project.get("models", [])))
+    except ModelSpecError as err:
+        raise ConfigError(str(err)) from None
+    if not specs:
+        specs = default_model_specs()
+    ids = [s.id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--model: the same model is given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+    data_map: dict[str, Path] = {}
+    for item in data:
+        name, path = parse_data_option(item)
+        if name in data_map:
+            raise ConfigError(f"--data {name}=... given twice")
+        if not path.exists():
+            raise ConfigError(f"--data {name}={path}: path does not exist")
+        data_map[name] = path
+    rules = [parse_threshold(r, f"pyproject.toml [tool.robustness] thresholds[{i}]")
+             for i, r in enumerate(project.get("thresholds", []))]
+    if thresholds:
+        rules += load_thresholds_file(Path(thresholds))
+    base = None
+    if baseline:
+        base = Path(baseline)
+        _check_baseline(base)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be a positive number of samples per dataset")
+    if not re.fullmatch(r"cpu|cuda|cuda:\d+|auto", device):
+        raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+    from fixtures.templates import resolve_templates
+
+    template_sets = tuple(templates or project.get("templates", []) or RunConfig.templates)
+    for t in template_sets:
+        try:
+            resolve_templates(t)
+        except ValueError as err:
+            raise ConfigError(f"--templates: {err}") from None
+    return RunConfig(
+        models=specs, data=data_map, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
+        limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
+        templates=template_sets, cache_dir=cache_dir,
+    )
+
+
+def _check_baseline(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"--baseline {path}: file not found (pass the robustness.json of an earlier run)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--baseline {path}: not a JSON report ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "run" not in data:
+        raise ConfigError(f"--baseline {path}: not a robustness.json report (needs 'run' and a 'results' list)")

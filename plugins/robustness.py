@@ -1,0 +1,206 @@
+"""The pytest plugin: options, markers, header, record transport and gate wiring. Work lives elsewhere.
+
+Heavy modules (torch, open_clip) are imported lazily by the fixtures, never at plugin import.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugins.config import ConfigError, RunConfig, build_config
+
+RB_CONFIG = pytest.StashKey[RunConfig]()
+GATE_FAILURES = pytest.StashKey[list]()
+CACHE_SNAPSHOT = pytest.StashKey[tuple]()
+
+# Each property is a marker (so `-m ood` and `-k ood` both select it) and a robustness_tests module.
+PROPERTIES = {
+    "accuracy": "zero-shot top-1, clean and under natural shift",
+    "factor": "visual-factor invariance (exact interventions, ImageNet-X)",
+    "shape_bias": "shape vs texture decisions on cue-conflict images",
+    "calibration": "ECE / NLL / Brier before and after temperature scaling",
+    "ood": "OOD detection: MCM, MSP, energy, max-logit; AUROC, FPR95, AUPR",
+    "retrieval": "image-text retrieval under image corruption and caption perturbation",
+    "corruption2d": "ImageNet-C style corruptions x 5 severities",
+    "corruption3d": "depth-aware 3D corruptions x 5 severities",
+    "multiview": "3D awareness: dense correspondence across views, multi-view consistency",
+    "lmm": "LMM built on the CLIP tower vs the CLIP alone",
+}
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from plugins import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("robustness", "CLIP robustness gate")
+    group.addoption("--model", action="append", default=[], dest="rb_models", metavar="SPEC",
+                    help="model to gate, repeatable: ARCH:TAG, ARCH@PATH, hf-hub:ORG/NAME, embedded:NAME, "
+                         "optionally ';key=value' metadata. Default: the embedded zoo.")
+    group.addoption("--data", action="append", default=[], dest="rb_data", metavar="NAME=PATH",
+                    help="real dataset for a property, repeatable (imagenet=, imagenet-v2=, ood:NAME=, ...)")
+    group.addoption("--thresholds", dest="rb_thresholds", metavar="PATH",
+                    help="TOML/JSON file of gate rules ([[thresholds]]); overrides [tool.robustness] rules")
+    group.addoption("--baseline", dest="rb_baseline", metavar="PATH",
+                    help="robustness.json of an earlier run to compare against (paired regression gates)")
+    group.addoption("--report-dir", dest="rb_report_dir", default="reports", metavar="DIR",
+                    help="where robustness.json, robustness.html and samples/ are written (default: reports)")
+    group.addoption("--limit", dest="rb_limit", type=int, default=None, metavar="N",
+                    help="at most N samples per dataset, for quick runs")
+    group.addoption("--seed", dest="rb_seed", type=int, default=0, metavar="N", help="global seed (default 0)")
+    group.addoption("--device", dest="rb_device", default="cpu", metavar="DEV", help="cpu | cuda | cuda:N | auto")
+    # pytest owns `--strict` (its strict mode, which this project's ini enables anyway); the gate reads it
+    # too, and `--rb-strict` sets the gate's strictness alone.
+    group.addoption("--rb-strict", dest="rb_strict", action="store_true",
+                    help="inconclusive gates (CI straddles the bound) fail the run; pytest's --strict implies it")
+    group.addoption("--templates", action="append", default=[], dest="rb_templates", metavar="SET",
+                    help="prompt template sets compared as the prompt factor: openai, simple, single or a file "
+                         "(default: openai and single)")
+    group.addoption("--embedding-cache", dest="rb_cache", default=None, metavar="DIR|off",
+                    help="embedding cache folder (default: .pytest_cache/d/rb-embeddings); 'off' disables it")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, help_text in PROPERTIES.items():
+        config.addinivalue_line("markers", f"{name}: robustness property - {help_text}")
+    try:
+        rb = build_config(
+            models=config.getoption("rb_models"), data=config.getoption("rb_data"),
+            thresholds=config.getoption("rb_thresholds"), baseline=config.getoption("rb_baseline"),
+            report_dir=config.getoption("rb_report_dir"), limit=config.getoption("rb_limit"),
+            seed=config.getoption("rb_seed"), device=config.getoption("rb_device"),
+            strict=config.getoption("rb_strict") or bool(config.getoption("strict", False)), templates=config.getoption("rb_templates"),
+            cache_dir=_cache_dir(config), rootdir=config.rootpath,
+        )
+        if not hasattr(config, "workerinput"):  # check names once, on the controller
+            from fixtures.models import check_model_spec
+
+            for spec in rb.models:
+                check_model_spec(spec)
+    except (ConfigError, ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise pytest.UsageError(str(message)) from None
+    config.stash[RB_CONFIG] = rb
+    # The fixtures live in fixtures/ (with the rest of what tests consume); registering the module
+    # here keeps conftest.py to one plugin name.
+    from fixtures import pytest_fixtures
+
+    if not config.pluginmanager.is_registered(pytest_fixtures):
+        config.pluginmanager.register(pytest_fixtures, "robustness-fixtures")
+    if not hasattr(config, "workerinput"):  # the report is assembled on the controller only
+        from plugins.report import ReportSession
+
+        config.pluginmanager.register(ReportSession(rb, config.rootpath, config), "robustness-report")
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    value = config.getoption("rb_cache")
+    if value == "off":
+        return None
+    if value:
+        return Path(value).expanduser().resolve()
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("rb-embeddings"))
+    return config.rootpath / ".pytest_cache" / "d" / "rb-embeddings"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    rb = config.stash[RB_CONFIG]
+    return [
+        "robustness: models: " + ", ".join(m.id for m in rb.models),
+        f"robustness: device={rb.device} seed={rb.seed} limit={rb.limit} templates={','.join(rb.templates)} "
+        f"strict={rb.strict}",
+        f"robustness: cache={rb.cache_dir or 'off'} report={rb.report_dir} "
+        f"thresholds={len(rb.thresholds)} rules baseline={rb.baseline or '-'}",
+        "robustness: data: " + (", ".join(f"{k}={v}" for k, v in rb.data.items()) or "embedded world"),
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that takes ``clip`` over the run's models, one xdist group per model."""
+    if "clip" in metafunc.fixturenames:
+        rb = metafunc.config.stash[RB_CONFIG]
+        params = [pytest.param(spec.id, id=spec.id, marks=pytest.mark.xdist_group(spec.id)) for spec in rb.models]
+        metafunc.parametrize("clip", params, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = [m.name for m in item.iter_markers() if m.name in PROPERTIES]
+        if len(set(marks)) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: one robustness property per test, found {sorted(set(marks))}")
+
+
+def property_of(item: pytest.Item) -> str:
+    for mark in item.iter_markers():
+        if mark.name in PROPERTIES:
+            return mark.name
+    raise pytest.UsageError(
+        f"{item.nodeid} records metrics but carries no property marker; add e.g. "
+        f"`pytestmark = pytest.mark.ood` (known: {', '.join(PROPERTIES)})"
+    )
+
+
+def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any]) -> None:
+    """Attach the bound verdict to ``row`` and remember failures for the end of the test."""
+    from plugins.gates import FAIL, INCONCLUSIVE, InconclusiveGateWarning, bound_verdict, select_threshold
+
+    rb = config.stash[RB_CONFIG]
+    rule = config.hook.pytest_robustness_threshold(config=config, row=row) or select_threshold(rb.thresholds, row)
+    if rule is None:
+        return
+    row["gate"] = bound_verdict(row, rule)
+    verdict = row["gate"]["verdict"]
+    if verdict == FAIL or (verdict == INCONCLUSIVE and rb.strict):
+        item.stash.setdefault(GATE_FAILURES, []).append(row["gate"]["message"])
+    elif verdict == INCONCLUSIVE:
+        warnings.warn(InconclusiveGateWarning(row["gate"]["message"]), stacklevel=2)
+
+
+def ship_row(item: pytest.Item, row: dict[str, Any]) -> None:
+    from plugins.report import ROW_KEY
+
+    item.user_properties.append((ROW_KEY, json.dumps(row, allow_nan=True)))
+
+
+def ship_model(item: pytest.Item, model_id: str, info: dict[str, Any]) -> None:
+    from plugins.report import MODEL_KEY
+
+    item.user_properties.append((MODEL_KEY, json.dumps({"id": model_id, "info": info})))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield
+    failures = item.stash.get(GATE_FAILURES, [])
+    if failures:
+        pytest.fail("robustness gate failed:\n  " + "\n  ".join(failures), pytrace=False)
+    return result
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from fixtures.pytest_fixtures import process_cache
+
+    cache = process_cache(item.config)
+    item.stash[CACHE_SNAPSHOT] = (cache.hits, cache.misses)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if call.when == "teardown" and CACHE_SNAPSHOT in item.stash:
+        from fixtures.pytest_fixtures import process_cache
+        from plugins.report import CACHE_KEY
+
+        cache = process_cache(item.config)
+        hits0, misses0 = item.stash[CACHE_SNAPSHOT]
+        report.user_properties.append(
+            (CACHE_KEY, json.dumps({"hits": cache.hits - hits0, "misses": cache.misses - misses0})))
+    return report

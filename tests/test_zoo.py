@@ -1,0 +1,161 @@
+"""The embedded zoo: every checkpoint loads through open_clip, matches its checksum and reproduces
+its recorded accuracy; a corrupted file is caught and named; the list CLI is complete."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRIES = zoo.list_models()
+NAMES = ("rn-clip", "vit-clip", "rn-clip-narrow", "rn-clip-small", "rn-siglip", "rn-clip-ft")
+# Re-measuring the recorded sample accuracy: the same weights, images and code give the same
+# predictions up to float reduction order (BLAS threads, CPU vs GPU); 0.02 is 4 of 200 images.
+TOLERANCE = 0.02
+WEIGHTS_BUDGET_MB = 40.0
+
+
+def test_index_lists_the_six_factor_models_with_one_default():
+    assert tuple(e.name for e in ENTRIES) == NAMES
+    assert [e.name for e in ENTRIES if e.default] == ["rn-clip"]
+    for e in ENTRIES:
+        assert set(zoo.FACTOR_KEYS) <= set(e.metadata), e.name
+        assert e.metadata["train_command"].startswith(f"python -m fixtures.zoo train {e.name}")
+        assert e.metadata["train_seconds"] > 0
+        assert (e.head == "linear") == (e.metadata["finetune"] == "labels") == (e.head_file is not None)
+
+
+def test_factors_vary_one_at_a_time_from_the_default():
+    base = zoo.default_model().metadata
+    for e in ENTRIES:
+        changed = {k for k in zoo.FACTOR_KEYS if e.metadata[k] != base[k]}
+        assert len(changed) <= 1, (e.name, changed)
+    assert {k for e in ENTRIES for k in zoo.FACTOR_KEYS if e.metadata[k] != base[k]} == set(zoo.FACTOR_KEYS)
+
+
+def test_committed_weights_fit_the_budget():
+    files = {e.checkpoint for e in ENTRIES} | {e.head_file for e in ENTRIES if e.head_file}
+    assert sum(f.stat().st_size for f in files) / 1e6 <= WEIGHTS_BUDGET_MB
+
+
+def test_recorded_quality_bar():
+    for e in ENTRIES:
+        rec = e.recorded
+        assert rec["n"] >= 1000, e.name
+        if e.default:
+            assert rec["test_top1"] >= 0.90, e.name
+        if e.head == "zero-shot":
+            assert rec["test_top1"] >= 0.70, e.name
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_checkpoint_loads_through_open_clip_and_matches_checksum(entry):
+    import open_clip
+
+    zoo.verify_checksum(entry)
+    zoo.register_configs()
+    assert entry.arch in open_clip.list_models()
+    # strict load: a missing or extra key in the checkpoint raises here
+    model, _, preprocess = open_clip.create_model_and_transforms(entry.arch, pretrained=str(entry.checkpoint))
+    assert model.visual.image_size == (64, 64)
+    assert json.loads(entry.config.read_text())["vision_cfg"]["image_size"] == 64
+    assert (model.logit_bias is not None) == (entry.metadata["loss"] == "siglip")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from fixtures.zoo.train import sample_dataset
+
+    ds = sample_dataset()
+    ds.images()  # render once for all models
+    return ds
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_reproduces_recorded_sample_accuracy(entry, sample):
+    from fixtures.zoo.train import SAMPLE_N, load_for_eval, top1
+
+    assert len(sample) == SAMPLE_N
+    acc = top1(load_for_eval(entry), sample)
+    recorded = entry.recorded[f"test{SAMPLE_N}_top1"]
+    assert abs(acc - recorded) <= TOLERANCE, f"{entry.name}: {acc:.3f} vs recorded {recorded:.3f}"
+
+
+def _corrupt_copy(entry: zoo.ZooEntry, tmp_path: Path) -> zoo.ZooEntry:
+    data = bytearray(entry.checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data
+    bad = tmp_path / entry.checkpoint.name
+    bad.write_bytes(bytes(data))
+    return dataclasses.replace(entry, checkpoint=bad)
+
+
+def test_corrupted_checkpoint_is_named(tmp_path):
+    bad = _corrupt_copy(zoo.default_model(), tmp_path)
+    with pytest.raises(zoo.ZooChecksumError) as info:
+        zoo.verify_checksum(bad)
+    msg = str(info.value)
+    assert str(bad.checkpoint) in msg and bad.sha256 in msg and "python -m fixtures.zoo train rn-clip" in msg
+
+
+def test_corrupted_checkpoint_fails_the_harness_loader(tmp_path, monkeypatch):
+    """``--model embedded:NAME`` goes through verify_checksum before open_clip sees the file."""
+    from fixtures.models import load_model, parse_model_spec
+
+    bad = _corrupt_copy(zoo.default_model(), tmp_path)
+    index = tmp_path / "zoo.json"
+    zoo.write_index([bad], index)
+    monkeypatch.setattr(zoo, "INDEX_PATH", index)
+    with pytest.raises(zoo.ZooChecksumError, match=str(bad.checkpoint)):
+        load_model(parse_model_spec("embedded:rn-clip"))
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    gone = dataclasses.replace(zoo.default_model(), checkpoint=tmp_path / "nope.safetensors")
+    with pytest.raises(zoo.ZooChecksumError, match="nope.safetensors is missing"):
+        zoo.verify_checksum(gone)
+
+
+def test_unknown_name_suggests():
+    with pytest.raises(KeyError, match=r"Did you mean rn-clip.*Available: rn-clip, vit-clip"):
+        zoo.get("rn-clp")
+
+
+def test_register_configs_is_idempotent():
+    from open_clip import factory
+
+    zoo.register_configs()
+    zoo.register_configs()
+    assert factory._MODEL_CONFIG_PATHS.count(zoo.CONFIGS_DIR) == 1
+    assert {e.arch for e in ENTRIES} <= set(factory.list_models())
+
+
+def test_list_json_cli():
+    out = subprocess.run([sys.executable, "-m", "fixtures.zoo", "list", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == list(NAMES)
+    assert sum(r["default"] is True for r in rows) == 1
+    for r in rows:
+        assert {"name", "arch", "config", "checkpoint", "head", "default", "metadata", *zoo.FACTOR_KEYS} <= set(r)
+        assert r["head"] in ("zero-shot", "linear")
+        assert Path(r["config"]).is_file() and Path(r["checkpoint"]).is_file()
+        assert r["arch"] == Path(r["config"]).stem
+
+
+def test_cli_unknown_model_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "fixtures.zoo", "eval", "rn-clp"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Did you mean rn-clip" in proc.stderr
+
+
+def test_siglip_model_keeps_its_learned_bias():
+    """The SigLIP config starts at scale log(10), bias -10 (open_clip's SigLIP init); training moves them."""
+    cfg = json.loads(zoo.get("rn-siglip").config.read_text())
+    assert math.isclose(cfg["init_logit_scale"], math.log(10)) and cfg["init_logit_bias"] == -10
