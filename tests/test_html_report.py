@@ -1,0 +1,386 @@
+"""The HTML report: every cell in its table, verdicts, escaping, self-containment, missing samples,
+determinism, and the re-render CLI. Checked with a real HTML parser (html.parser) on a synthetic
+report whose per-sample files hold real arrays."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from plugins.html_report import MAX_FIGURES, higher_is_better, render_html, validate_report, write_html
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = "<script>alert(1)</script>"
+M1, M2, M3 = "embedded:vit-clip", "embedded:rn-siglip", XSS
+MODELS = {
+    M1: {"architecture": "vit", "train_distribution": "diverse", "train_size": "large", "finetune": "none", "loss": "clip"},
+    M2: {"architecture": "resnet", "train_distribution": "narrow", "train_size": "small", "finetune": "none", "loss": "siglip"},
+    M3: {"architecture": "vit", "train_distribution": "diverse", "train_size": "small", "finetune": "labels", "loss": "clip"},
+}
+# Worst gate verdict per (property, model) that the rows below are built to produce.
+EXPECTED_SUMMARY = {
+    ("accuracy", M1): "pass", ("accuracy", M2): "fail", ("accuracy", M3): "inconclusive",
+    ("calibration", M1): "fail", ("calibration", M2): "pass", ("calibration", M3): "none",
+    ("ood", M1): "fail", ("ood", M2): "inconclusive", ("ood", M3): "pass",
+    ("corruption2d", M1): "none", ("corruption2d", M2): "none", ("corruption2d", M3): "none",
+    ("corruption3d", M1): "none", ("corruption3d", M2): "absent", ("corruption3d", M3): "absent",
+    ("shape_bias", M1): "pass", ("shape_bias", M2): "fail", ("shape_bias", M3): "none",
+}
+# Gate verdicts of the accuracy rows (templates=openai) on world:test and world:shift-bg.
+ACCURACY_GATES = {M1: ["pass", "pass"], M2: ["pass", "fail"], M3: ["inconclusive", "pass"]}
+
+
+def gate(verdict: str, row_text: str = "") -> dict[str, Any]:
+    return {"kind": "bound", "min": 0.5, "verdict": verdict,
+            "message": f"synthetic {verdict} gate {row_text}".strip() + "."}
+
+
+def row(prop: str, model: str, dataset: str, condition: str, metric: str, value: float | None, *,
+        hib: bool | None = True, verdict: str | None = None, samples: str | None = None,
+        n: int = 300) -> dict[str, Any]:
+    ci = None if value is None else [round(value - 0.03, 6), round(value + 0.03, 6)]
+    return {"property": prop, "model": model, "dataset": dataset, "condition": condition, "metric": metric,
+            "value": value, "ci": ci, "n": n, "higher_is_better": hib,
+            "gate": gate(verdict, f"{metric} {model} {dataset} {condition}") if verdict else None,
+            "test": f"robustness_tests/test_{prop}.py::test[{model}]", "samples": samples, "extra": {}}
+
+
+def save(report_dir: Path, name: str, **arrays: np.ndarray) -> str:
+    rel = f"samples/{name}.npz"
+    (report_dir / "samples").mkdir(exist_ok=True)
+    np.savez_compressed(report_dir / rel, **arrays)
+    return rel
+
+
+def build_report(report_dir: Path, models: dict[str, dict[str, str]] = MODELS) -> dict[str, Any]:
+    """A run over several properties with real per-sample arrays; one samples path is missing and
+    one file is corrupt."""
+    rng = np.random.default_rng(0)
+    names = list(models)
+    rows: list[dict[str, Any]] = []
+    base = {m: 0.85 - 0.12 * i for i, m in enumerate(names)}  # ID accuracy per model
+    for i, m in enumerate(names):
+        verdicts = ACCURACY_GATES[m]
+        for j, ds in enumerate(("world:test", "world:shift-bg")):
+            for templates in ("openai", "single"):
+                value = round(base[m] - 0.1 * j - (0.02 if templates == "single" else 0.0) + rng.uniform(0, .01), 6)
+                rows.append(row("accuracy", m, ds, f"templates={templates}", "top1", value,
+                                verdict=verdicts[j] if templates == "openai" else None))
+        # calibration: logits before/after temperature scaling, real arrays
+        labels = rng.integers(0, 5, 300)
+        logits = rng.normal(0, 1, (300, 5)).astype(np.float32)
+        logits[np.arange(300), labels] += 1.5 + i
+        for scaling, z in (("none", logits * 3), ("temperature", logits)):
+            rel = save(report_dir, f"cal-{i}-{scaling}", logits=z, labels=labels)
+            if m == M2 and scaling == "temperature":
+                rel = "samples/missing.npz"  # recorded but never written
+            if m == M3 and scaling == "none":
+                rel = "samples/corrupt.npz"
+            verdict = {M1: "fail", M2: "pass"}.get(m) if scaling == "none" else None
+            rows.append(row("calibration", m, "world:test", f"scaling={scaling};templates=openai", "ece",
+                            round(0.02 + 0.03 * i + (0.05 if scaling == "none" else 0), 6), hib=False,
+                            verdict=verdict, samples=rel))
+        # ood: scores and their AUROC
+        s_in, s_out = rng.normal(1.5 - 0.4 * i, 1, 400), rng.normal(0, 1, 300)
+        rel = save(report_dir, f"ood-{i}", scores_in=s_in.astype(np.float32), scores_out=s_out.astype(np.float32))
+        auroc = float(roc_auc_score(np.r_[np.ones(400), np.zeros(300)], np.r_[s_in, s_out]))
+        for score in ("mcm", "msp"):
+            rows.append(row("ood", m, "world:test", f"ood_set=world:heldout;score={score}", "auroc", round(auroc, 6),
+                            verdict={M1: "pass", M2: "inconclusive", M3: "pass"}.get(m) if score == "mcm" else None,
+                            samples=rel))
+            rows.append(row("ood", m, "world:test", f"ood_set=world:heldout;score={score}", "fpr95",
+                            round(0.3 + 0.1 * i, 6), hib=False))
+        for family in ("fog", "gaussian_noise"):
+            for severity in (1, 2, 3, 5):
+                rows.append(row("corruption2d", m, "world:test", f"corruption={family};severity={severity}", "top1",
+                                round(base[m] - 0.05 * severity * (1.5 if family == "fog" else 1) - 0.01 * i, 6)))
+        for factor, values in (("pose", ("front", "side", "top")), ("background", ("plain", "clutter"))):
+            for k, v in enumerate(values):
+                rows.append(row("factor", m, "world:test", f"factor={factor};value={v}", "top1",
+                                round(base[m] - 0.07 * k + rng.uniform(0, .01), 6)))
+            rows.append(row("factor", m, "world:test", f"factor={factor}", "effective_robustness",
+                            round(0.02 - 0.02 * i + rng.uniform(-0.01, 0.01), 6)))
+        for k, cls in enumerate(("cube", "sphere", "torus")):
+            rows.append(row("shape_bias", m, "world:cue-conflict", f"class={cls}", "shape_bias",
+                            round(0.3 + 0.15 * k + 0.1 * i, 6)))
+        if m != M3:
+            rows.append(row("shape_bias", m, "world:cue-conflict", "", "shape_bias", round(0.45 + 0.1 * i, 6),
+                            verdict={M1: "pass", M2: "fail"}[m]))
+        for cond in ("", "captions=paraphrase"):
+            for d in ("i2t", "t2i"):
+                for k in (1, 5, 10):
+                    rows.append(row("retrieval", m, "world:captions", cond, f"{d}_r{k}",
+                                    round(min(0.2 + 0.07 * k - 0.05 * i - (0.05 if cond else 0), 1), 6)))
+        rows.append(row("multiview", m, "world:multiview", "threshold=2", "correspondence_recall", round(0.6 - 0.1 * i, 6)))
+        rows.append(row("lmm", m, "world:hard", "", "top1", None, verdict=None))
+    rows.append(row("corruption3d", M1, "world:test", "corruption=near_focus;severity=1", "top1", 0.7))
+    rows.append(row("corruption3d", M1, "world:test", "corruption=near_focus;severity=3", "top1", 0.55))
+    rows.append(row("zz_custom", M1, "world:<b>bold</b>", 'note="quoted"&<i>', "my_metric", 1.25, hib=None))
+    regression = row("ood", M1, "world:test", "ood_set=world:heldout;score=mcm", "auroc", 0.81)
+    regression["gate"] = {"kind": "regression", "baseline_model": M1 + "@baseline", "baseline_value": 0.9,
+                          "delta": -0.09, "ci": [-0.12, -0.06], "p_value": 0.0012, "max_drop": 0.02,
+                          "verdict": "fail", "message": f"auroc dropped by 0.09 vs baseline for {M1}: regression."}
+    rows.append(regression)
+    (report_dir / "samples").mkdir(exist_ok=True)
+    (report_dir / "samples" / "corrupt.npz").write_bytes(b"this is not a zip file")
+    run = {
+        "config": {"models": names, "data": {}, "thresholds": [], "baseline": None, "report_dir": "reports",
+                   "limit": 300, "seed": 1234, "device": "cpu", "strict": False, "templates": ["openai", "single"],
+                   "cache_dir": None},
+        "seed": 1234, "versions": {"python": "3.11.9", "torch": "2.14.1", "open_clip_torch": "3.3.0", "numpy": "2.4.6"},
+        "device": "cpu", "platform": "Linux-x86_64", "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "started_at": "2025-01-01T00:00:00+00:00", "wall_time_s": 754.2, "cache": {"hits": 90, "misses": 10},
+        "models": {m: {"arch": "world-vit-tiny", "sha256": "ab" * 32, "metadata": meta} for m, meta in models.items()},
+    }
+    return {"run": run, "results": rows}
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Node | None) -> None:
+        self.tag, self.attrs, self.parent, self.children, self.text = tag, attrs, parent, [], []
+
+    def iter(self, tag: str | None = None) -> list[Node]:
+        out = [self] if tag in (None, self.tag) else []
+        for child in self.children:
+            out += child.iter(tag)
+        return out
+
+    def all_text(self) -> str:
+        return "".join(self.text) + "".join(c.all_text() for c in self.children)
+
+    def find(self, tag: str, **attrs: str) -> list[Node]:
+        return [n for n in self.iter(tag) if all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+
+
+class TreeBuilder(HTMLParser):
+    """A minimal DOM from the standard-library HTML parser (enough for these assertions)."""
+
+    VOID = {"meta", "br", "img", "link", "input", "hr", "col", "area", "base", "source", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", {}, None)
+        self.current = self.root
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, dict(attrs), self.current)
+        self.tags.append((tag, node.attrs))
+        self.current.children.append(node)
+        if tag not in self.VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self.current.children.append(Node(tag, dict(attrs), self.current))
+
+    def handle_endtag(self, tag: str) -> None:
+        node = self.current
+        while node is not self.root and node.tag != tag:
+            node = node.parent  # tolerate unclosed children
+        if node is not self.root:
+            self.current = node.parent
+
+    def handle_data(self, data: str) -> None:
+        self.current.text.append(data)
+
+
+def parse(html: str) -> TreeBuilder:
+    builder = TreeBuilder()
+    builder.feed(html)
+    builder.close()
+    return builder
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str, TreeBuilder]:
+    report_dir = tmp_path_factory.mktemp("reports")
+    report = build_report(report_dir)
+    (report_dir / "robustness.json").write_text(json.dumps(report))
+    write_html(report, report_dir / "robustness.html")
+    html = (report_dir / "robustness.html").read_text(encoding="utf-8")
+    return report, report_dir, html, parse(html)
+
+
+def section(tree: TreeBuilder, prop: str) -> Node:
+    found = tree.root.find("section", data_property=prop)
+    assert len(found) == 1, f"expected one section for {prop!r}, found {len(found)}"
+    return found[0]
+
+
+def test_every_row_value_is_in_its_property_table(rendered):
+    report, _, _, tree = rendered
+    for r in report["results"]:
+        table_rows = section(tree, r["property"]).find("tr", data_model=r["model"], data_metric=r["metric"])
+        values = {td.attrs.get("data-value") for tr in table_rows for td in tr.find("td") if "data-value" in td.attrs}
+        expected = "" if r["value"] is None else repr(float(r["value"]))
+        assert expected in values, f"{r['property']}/{r['model']}/{r['condition']}/{r['metric']}={r['value']} missing"
+    assert sum(len([t for t in s.iter("tr") if "data-metric" in t.attrs]) for s in tree.root.find("section")
+               if "data-property" in s.attrs) == len(report["results"])
+
+
+def test_summary_cells_show_the_worst_verdict(rendered):
+    _, _, _, tree = rendered
+    for (prop, model), verdict in EXPECTED_SUMMARY.items():
+        tr = tree.root.find("tr", data_property=prop)
+        assert len(tr) == 1
+        cells = tr[0].find("td", data_model=model)
+        assert [c.attrs["data-verdict"] for c in cells] == [verdict], (prop, model)
+
+
+def test_header_counts_gates_and_shows_run_metadata(rendered):
+    report, _, _, tree = rendered
+    verdicts = [r["gate"]["verdict"] for r in report["results"] if r["gate"]]
+    banner = tree.root.find("div", id="verdict")[0].all_text()
+    for verdict, word in (("pass", "passed"), ("fail", "failed"), ("inconclusive", "inconclusive")):
+        assert f"{verdicts.count(verdict)} {word}" in banner
+    header = tree.root.find("header", id="run")[0].all_text()
+    for text in ("0123456789ab", "1234", "2.14.1", "3.3.0", "12 min 34 s", "90 hits / 10 misses (90% hits)"):
+        assert text in header
+
+
+def test_failure_and_inconclusive_messages_are_listed(rendered):
+    report, _, _, tree = rendered
+    items = tree.root.find("section", id="gates")[0].iter("li")
+    listed = {li.attrs["data-verdict"]: [] for li in items}
+    for li in items:
+        listed[li.attrs["data-verdict"]].append(li.find("span", **{"class": "message"})[0].all_text())
+    for r in report["results"]:
+        if r["gate"] and r["gate"]["verdict"] != "pass":
+            assert r["gate"]["message"] in listed[r["gate"]["verdict"]]
+    assert len(items) == sum(1 for r in report["results"] if r["gate"] and r["gate"]["verdict"] != "pass")
+    assert "synthetic pass gate" not in " ".join(" ".join(v) for v in listed.values())
+
+
+def test_regression_view(rendered):
+    _, _, _, tree = rendered
+    reg = tree.root.find("section", id="regression")[0]
+    rows = reg.find("tr", data_verdict="fail")
+    assert len(rows) == 1
+    text = [td.all_text() for td in rows[0].iter("td")]
+    assert M1 + "@baseline" in text and "-0.09" in text and "[-0.12, -0.06]" in text and "0.0012" in text
+    assert reg.iter("svg")
+
+
+def test_names_from_data_are_escaped(rendered):
+    _, _, html, tree = rendered
+    assert "<script" not in html.lower()
+    assert not tree.root.iter("script")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert XSS in [th.all_text() for th in tree.root.find("table", **{"class": "summary"})[0].iter("th")]
+    assert "<b>bold" not in html and "<i>" not in html and "world:&lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_self_contained_no_external_references(rendered):
+    _, _, html, tree = rendered
+    for tag, attrs in tree.tags:
+        for key in ("src", "href", "xlink:href", "action", "poster", "data"):
+            value = (attrs.get(key) or "").strip().lower()
+            assert not re.match(r"(https?:)?//", value), f"<{tag} {key}={value[:60]}> loads an external resource"
+        assert tag != "link", "no external stylesheets"
+    assert "@import" not in html
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", html)
+
+
+def test_figures_are_embedded_and_capped(rendered):
+    _, _, _, tree = rendered
+    for prop in ("accuracy", "calibration", "ood", "corruption2d", "corruption3d", "factor", "shape_bias", "retrieval"):
+        figures = section(tree, prop).iter("svg")
+        assert 1 <= len(figures) <= MAX_FIGURES, prop
+    assert not section(tree, "multiview").iter("svg")  # no plot registered: a table only
+    assert tree.root.find("section", id="six-factors")[0].iter("svg")
+    for img in tree.root.iter("img"):
+        assert (img.attrs.get("src") or "").startswith("data:image/")
+
+
+def test_missing_and_corrupt_sample_files_are_noted(rendered):
+    _, _, _, tree = rendered
+    notes = [p.all_text() for p in section(tree, "calibration").find("p", **{"class": "note"})]
+    assert any("samples/missing.npz is missing" in n and M2 in n for n in notes), notes
+    assert any("samples/corrupt.npz is unreadable" in n for n in notes), notes
+    footer = {tr.iter("td")[0].all_text(): tr.iter("td")[2].all_text()
+              for tr in tree.root.find("footer")[0].iter("tr")[1:]}
+    assert footer["samples/missing.npz"] == "is missing"
+    assert footer["samples/corrupt.npz"].startswith("is unreadable")
+    assert footer["samples/ood-0.npz"].endswith("KiB")
+
+
+def test_property_sections_follow_the_documented_order(rendered):
+    _, _, _, tree = rendered
+    order = [s.attrs["data-property"] for s in tree.root.find("section") if "data-property" in s.attrs]
+    assert order == ["accuracy", "factor", "shape_bias", "calibration", "ood", "retrieval", "corruption2d",
+                     "corruption3d", "multiview", "lmm", "zz_custom"]
+    ood_groups = [th.all_text() for th in section(tree, "ood").iter("th") if th.attrs.get("colspan") == "8"]
+    assert ood_groups == ["score = mcm", "score = msp"]
+
+
+def test_metric_direction_comes_from_the_registry(rendered):
+    report, _, _, tree = rendered
+    assert higher_is_better("ece", {"higher_is_better": True}) is False  # the registry wins over the row
+    assert higher_is_better("my_metric", {"higher_is_better": False}) is False
+    assert higher_is_better("my_metric", {"higher_is_better": None}) is None
+    arrows = {tr.attrs["data-metric"]: tr.iter("span")[0].attrs["title"] for s in tree.root.find("section")
+              for tr in s.iter("tr") if "data-metric" in tr.attrs}
+    assert arrows["ece"] == "lower is better" and arrows["auroc"] == "higher is better"
+    assert arrows["my_metric"] == "direction unknown"
+
+
+def test_six_factor_table_means_per_level(rendered):
+    report, _, _, tree = rendered
+    id_top1 = {r["model"]: r["value"] for r in report["results"] if r["property"] == "accuracy"
+               and r["dataset"] == "world:test" and r["condition"] == "templates=openai"}
+    table = tree.root.find("table", **{"class": "factors"})[0]
+    cells = {(tr.iter("td")[0].all_text(), tr.iter("td")[1].all_text()): tr.iter("td")[3].all_text()
+             for tr in table.iter("tr")[1:]}
+    assert cells[("architecture", "vit")] == f"{np.mean([id_top1[M1], id_top1[M3]]):.3g}"
+    assert cells[("loss", "siglip")] == f"{id_top1[M2]:.3g}"
+
+
+def test_six_factor_view_skips_with_one_model(tmp_path):
+    report = build_report(tmp_path, {M1: MODELS[M1]})
+    tree = parse(render_html(report, report_dir=tmp_path))
+    view = tree.root.find("section", id="six-factors")[0]
+    assert not view.iter("svg")
+    assert "needs at least 2 models" in view.all_text()
+
+
+def test_render_cli_is_deterministic_and_fails_cleanly(rendered, tmp_path):
+    _, report_dir, html, _ = rendered
+    out = tmp_path / "again.html"
+    cmd = [sys.executable, "-m", "plugins.render", str(report_dir / "robustness.json"), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8") == html  # same input, same bytes, across processes
+    assert not [p for p in report_dir.iterdir() if p.name.endswith(".tmp")]  # the atomic write cleaned up
+
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    wrong_shape = tmp_path / "list.json"
+    wrong_shape.write_text("[1, 2]")
+    for path, expected in ((tmp_path / "absent.json", "no such file"), (bad_json, "not valid JSON"),
+                           (wrong_shape, "not a robustness report")):
+        done = subprocess.run([sys.executable, "-m", "plugins.render", str(path)], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not path.with_suffix(".html").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda rep: rep["results"][1].pop("metric"), r"results\[1\] needs a string 'metric'"),
+    (lambda rep: rep["results"][0].update(value="high"), r"results\[0\] \(top1\) value must be a number"),
+    (lambda rep: rep["results"][2].update(gate={"verdict": "maybe"}), r"results\[2\] gate must be null"),
+    (lambda rep: rep.pop("results"), "no 'results' list"),
+])
+def test_malformed_reports_raise_clear_errors(tmp_path, mutate, message):
+    report = {"run": {}, "results": [row("accuracy", M1, "world:test", "", "top1", 0.5 + i / 10) for i in range(3)]}
+    mutate(report)
+    with pytest.raises(ValueError, match=message):
+        validate_report(report)

@@ -1,0 +1,292 @@
+"""Contract tests over the whole METRICS registry (STYLE principle 16).
+
+Every registered metric must: declare direction and bounds; have a running doctest; take no
+**kwargs and keyword-only options; stay within its bounds on canonical inputs; accept lists like
+arrays; reject NaN/inf with a ValueError naming the argument; and satisfy the invariances of the
+property sets below. ``test_property_sets_cover_every_callable_metric`` makes a new metric fail
+until it is placed in those sets and given canonical inputs in ``CASES``.
+"""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import special
+
+from plugins import metrics as M
+
+REPORT_NAMES = {
+    "top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out",
+    "shape_bias", "shape_fraction", "texture_fraction", "consistency", "accuracy_drop",
+    "error_ratio", "effective_robustness", "relative_top1", "mce_corruption", "i2t_r1", "i2t_r5",
+    "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "modality_gap", "correspondence_recall",
+    "temperature",
+}
+CALLABLE = sorted(name for name, info in M.METRICS.items() if info.func is not None)
+
+# --- property sets: every callable metric is in exactly one of the first three -----------------
+# Value unchanged when the items (samples, models, families, queries) are reordered.
+PERMUTATION_INVARIANT = {
+    "top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out",
+    "shape_bias", "shape_fraction", "texture_fraction", "consistency", "mce_corruption",
+    "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "modality_gap",
+    "correspondence_recall", "temperature",
+}
+# Per-item output that is reordered with the items.
+PERMUTATION_EQUIVARIANT = {"effective_robustness"}
+# Scalar accuracies in, no item axis: checked for range validation and broadcasting instead.
+NO_ITEM_AXIS = {"error_ratio", "relative_top1"}
+# Further properties, each a subset of the callable metrics:
+SCORE_METRICS = {"auroc", "fpr95", "aupr_in", "aupr_out"}  # invariant to monotone transforms
+PROB_METRICS = {"ece", "aece", "mce", "nll", "brier"}  # reject rows that do not sum to 1
+
+
+def _joint(args: tuple, rng: np.random.Generator) -> tuple:
+    """Permute axis 0 of every array argument with one shared permutation."""
+    n = next(a.shape[0] for a in args if isinstance(a, np.ndarray))
+    perm = rng.permutation(n)
+    return tuple(a[perm] if isinstance(a, np.ndarray) else a for a in args)
+
+
+def _each(args: tuple, rng: np.random.Generator) -> tuple:
+    """Permute every array argument on its own (independent groups, e.g. ID and OOD scores)."""
+    return tuple(a[rng.permutation(a.shape[0])] for a in args)
+
+
+def _retrieval(args: tuple, rng: np.random.Generator) -> tuple:
+    """Reorder images and captions independently and remap caption -> image ids."""
+    img, txt, owner = args
+    perm_img, perm_txt = rng.permutation(img.shape[0]), rng.permutation(txt.shape[0])
+    new_id = np.argsort(perm_img)  # old image id -> position after permutation
+    return img[perm_img], txt[perm_txt], new_id[owner[perm_txt]]
+
+
+@dataclass
+class Case:
+    args: tuple
+    permute: Callable[[tuple, np.random.Generator], tuple] = _joint
+    rtol: float = 1e-12
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _build_cases() -> dict[str, Case]:
+    rng = np.random.default_rng(2024)
+    n, c = 300, 6
+    logits = rng.normal(scale=2.0, size=(n, c))  # (N, C)
+    labels = rng.integers(0, c, n)  # (N,)
+    probs = special.softmax(logits, axis=1)  # (N, C)
+    scores = (rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 150))  # (N,), (M,)
+    cue = (rng.integers(0, 16, 200), rng.integers(0, 16, 200), rng.integers(0, 16, 200))
+    img = rng.normal(size=(40, 8))  # (N, D)
+    owner = np.repeat(np.arange(40), 5)  # (M,) 5 captions per image
+    txt = img[owner] + rng.normal(scale=1.0, size=(200, 8))  # (M, D)
+    id_acc = rng.uniform(0.4, 0.9, 8)  # (models,)
+    shifted = np.clip(id_acc - 0.25 + rng.normal(scale=0.03, size=8), 0, 1)
+    fit = M.fit_effective_robustness(id_acc[:5], shifted[:5])
+    err, ref = rng.uniform(0.2, 0.8, (5, 5)), rng.uniform(0.3, 0.9, (5, 5))  # (F, S)
+    pts = rng.uniform(0, 64, (100, 2))  # (K, 2)
+    cases = {
+        "top1": Case((logits, labels)),
+        **{name: Case((probs, labels)) for name in PROB_METRICS},
+        **{name: Case(scores, permute=_each) for name in SCORE_METRICS},
+        **{name: Case(cue) for name in ("shape_bias", "shape_fraction", "texture_fraction")},
+        "consistency": Case(cue[:2]),
+        "error_ratio": Case((0.6, 0.8)),
+        "relative_top1": Case((0.6, 0.75)),
+        "effective_robustness": Case((fit, id_acc, shifted)),
+        "mce_corruption": Case((err, ref)),
+        **{f"{d}_r{k}": Case((img, txt, owner), permute=_retrieval)
+           for d in ("i2t", "t2i") for k in (1, 5, 10)},
+        "modality_gap": Case((img, txt), permute=_each, rtol=1e-9),
+        "correspondence_recall": Case((pts, pts + rng.normal(scale=2.0, size=(100, 2)))),
+        "temperature": Case((logits, labels), rtol=1e-4),  # optimiser tolerance
+    }
+    return cases
+
+
+CASES = _build_cases()
+
+
+def _value(name: str, args: tuple, kwargs: dict[str, Any] | None = None) -> Any:
+    info = M.METRICS[name]
+    out = info.func(*args, **(kwargs or {}))
+    return out[info.key] if info.key else out
+
+
+def _assert_close(name: str, got: Any, want: Any, rtol: float) -> None:
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), name
+        for key in want:
+            _assert_close(f"{name}[{key}]", got[key], want[key], rtol)
+        return
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-12, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- registry shape
+
+
+def test_registry_holds_the_report_names():
+    assert set(M.METRICS) == REPORT_NAMES
+
+
+@pytest.mark.parametrize("name", sorted(M.METRICS))
+def test_entry_declares_direction_and_bounds(name):
+    info = M.METRICS[name]
+    assert info.name == name, f"{name}: entry is named {info.name!r}"
+    assert isinstance(info.higher_is_better, bool), f"{name}: higher_is_better is not a bool"
+    assert info.lower_bound < info.upper_bound, f"{name}: bounds {info.lower_bound}, {info.upper_bound}"
+    assert isinstance(info.description, str) and info.description, f"{name}: no description"
+    assert info.func is None or callable(info.func), f"{name}: func is not callable"
+    assert info.key is None or info.func is not None, f"{name}: key without func"
+
+
+def test_property_sets_cover_every_callable_metric():
+    partition = [PERMUTATION_INVARIANT, PERMUTATION_EQUIVARIANT, NO_ITEM_AXIS]
+    covered = set().union(*partition)
+    assert covered == set(CALLABLE), (
+        f"metrics not placed in a property set: {sorted(set(CALLABLE) - covered)}; "
+        f"unknown names in the sets: {sorted(covered - set(CALLABLE))}")
+    assert sum(len(s) for s in partition) == len(covered), "a metric is in two exclusive sets"
+    assert set(CASES) == set(CALLABLE), (
+        f"metrics without canonical inputs in CASES: {sorted(set(CALLABLE) - set(CASES))}")
+    for subset in (SCORE_METRICS, PROB_METRICS):
+        assert subset <= set(CALLABLE), sorted(subset - set(CALLABLE))
+
+
+# ----------------------------------------------------------------------------- doctests, signatures
+
+PUBLIC_FUNCTIONS = sorted(n for n in M.__all__ if inspect.isfunction(getattr(M, n)))
+
+
+def test_module_doctests_pass():
+    result = doctest.testmod(M, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result
+
+
+@pytest.mark.parametrize("name", PUBLIC_FUNCTIONS)
+def test_every_public_function_has_a_passing_doctest(name):
+    tests = [t for t in doctest.DocTestFinder().find(M) if t.name == f"{M.__name__}.{name}"]
+    assert tests and tests[0].examples, f"{name} has no doctest example"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(tests[0])
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0, f"{name}: {result}"
+
+
+@pytest.mark.parametrize("name", sorted({n for n in PUBLIC_FUNCTIONS} | {
+    M.METRICS[m].func.__name__ for m in CALLABLE}))
+def test_signature_has_keyword_only_options_and_no_var_kwargs(name):
+    params = inspect.signature(getattr(M, name)).parameters.values()
+    kinds = {p.name: p.kind for p in params}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds.values(), f"{name} takes **kwargs"
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds.values(), f"{name} takes *args"
+    positional_defaults = [p.name for p in params
+                           if p.default is not p.empty and p.kind != p.KEYWORD_ONLY]
+    assert not positional_defaults, f"{name}: options {positional_defaults} are not keyword-only"
+    if name != "metric_info":
+        assert kinds.get("validate") == inspect.Parameter.KEYWORD_ONLY, f"{name}: no validate="
+
+
+# ----------------------------------------------------------------------------- shared invariances
+
+
+@pytest.mark.parametrize("name", CALLABLE)
+def test_value_within_declared_bounds(name):
+    info, case = M.METRICS[name], CASES[name]
+    out = _value(name, case.args, case.kwargs)
+    values = np.ravel(list(out.values()) if isinstance(out, dict) else out)
+    assert values.size and np.isfinite(values).all(), f"{name}: {out}"
+    assert (values >= info.lower_bound).all() and (values <= info.upper_bound).all(), (
+        f"{name}={out} outside [{info.lower_bound}, {info.upper_bound}]")
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTATION_INVARIANT))
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_permutation_invariance(name, seed):
+    case = CASES[name]
+    shuffled = case.permute(case.args, np.random.default_rng(seed))
+    _assert_close(name, _value(name, shuffled, case.kwargs), _value(name, case.args, case.kwargs),
+                  case.rtol)
+
+
+@pytest.mark.parametrize("name", sorted(PERMUTATION_EQUIVARIANT))
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_permutation_equivariance(name, seed):
+    case = CASES[name]
+    fit, x, y = case.args
+    perm = np.random.default_rng(seed).permutation(x.shape[0])
+    _assert_close(name, _value(name, (fit, x[perm], y[perm])), _value(name, case.args)[perm],
+                  case.rtol)
+
+
+@pytest.mark.parametrize("name", CALLABLE)
+def test_lists_give_the_same_value_as_arrays(name):
+    case = CASES[name]
+    as_lists = tuple(a.tolist() if isinstance(a, np.ndarray) else a for a in case.args)
+    _assert_close(name, _value(name, as_lists, case.kwargs), _value(name, case.args, case.kwargs),
+                  case.rtol)
+
+
+def _poison_cases() -> list[tuple[str, int, str]]:
+    """(metric, argument index, parameter name) for every numeric argument of every case."""
+    out = []
+    for name in CALLABLE:
+        params = list(inspect.signature(M.METRICS[name].func).parameters)
+        for i, arg in enumerate(CASES[name].args):
+            numeric = isinstance(arg, float) or (
+                isinstance(arg, np.ndarray) and arg.dtype.kind in "iuf")
+            if numeric:
+                out.append((name, i, params[i]))
+    return out
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize("name, index, param", _poison_cases())
+def test_non_finite_input_raises_value_error_naming_the_argument(name, index, param, value):
+    args = list(CASES[name].args)
+    if isinstance(args[index], np.ndarray):
+        poisoned = args[index].astype(np.float64)  # integer labels too: as floats holding nan
+        poisoned.flat[0] = value
+        args[index] = poisoned
+    else:
+        args[index] = value
+    with pytest.raises(ValueError, match=param):
+        _value(name, tuple(args), CASES[name].kwargs)
+
+
+# ----------------------------------------------------------------------------- set-specific properties
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_METRICS))
+def test_score_metrics_invariant_to_monotone_transform(name):
+    s_in, s_out = CASES[name].args
+    _assert_close(name, _value(name, (np.exp(s_in / 2), np.exp(s_out / 2))),
+                  _value(name, (s_in, s_out)), 1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PROB_METRICS))
+def test_prob_metrics_reject_logits(name):
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]])
+    with pytest.raises(ValueError, match="Pass softmax"):
+        _value(name, (logits, np.array([0, 2])))
+
+
+@pytest.mark.parametrize("name", sorted(NO_ITEM_AXIS))
+def test_scalar_metrics_validate_range_and_broadcast(name):
+    a, b = CASES[name].args
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        _value(name, (a * 100, b))
+    batch = np.array([a, a / 2, 1.0])
+    np.testing.assert_allclose(_value(name, (batch, b)),
+                               [_value(name, (float(v), b)) for v in batch], err_msg=name)
