@@ -57,7 +57,9 @@ NO_GATE = "none"
 VERDICT_RANK = {"fail": 0, "inconclusive": 1, "pass": 2, NO_GATE: 3}
 VERDICT_LABEL = {"fail": "fail", "inconclusive": "inconclusive", "pass": "pass", NO_GATE: "no gate"}
 MAX_FIGURES = 12  # per property section; the table always lists every cell
+ROC_POINTS = 201  # ROC curves are drawn on at most this many FPR points
 MAX_HIST_MODELS = 3  # score histograms per OOD figure (ROC shows all models)
+MAX_FOREST_ROWS = 40  # regression comparisons drawn in the change-vs-baseline plot (all are in the table)
 PANELS_PER_FIGURE = 8  # corruption families per accuracy-vs-severity figure
 # Condition keys that split one measured cell into sub-cells (averaged in the six-factor view).
 SUBCELL_KEYS = frozenset({"class", "corruption", "severity", "factor", "value"})
@@ -66,11 +68,15 @@ PREFERRED_CONDITION = {"scaling": "none", "score": "mcm"}
 _RECALL = re.compile(r"(?:^|_)r(?:ecall)?@?(\d+)$", re.IGNORECASE)
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
             "#7f7f7f", "#bcbd22")
+# Factor levels get their own palette so they are not mistaken for the per-model colours.
+_LEVEL_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+_MAX_POINT_LABELS = 8  # name the points of a six-factor scatter up to this many models
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _PLOT_STYLE = {
     "svg.fonttype": "none",  # text stays <text>: smaller files, and the browser's fonts
     "text.parse_math": False,  # a "$" in a model name is text, not mathtext
-    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 8.5, "axes.titlesize": 9, "axes.labelsize": 8.5,
+    "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"],  # short font lists in every <text>
+    "font.size": 8.5, "axes.titlesize": 9, "axes.labelsize": 8.5,
     "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "legend.fontsize": 7.5, "legend.frameon": False,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.35,
     "grid.linewidth": 0.5, "axes.axisbelow": True, "axes.edgecolor": "#555555", "figure.dpi": 100,
@@ -145,6 +151,10 @@ def fmt(x: Any, digits: int = 4) -> str:
     return "nan" if math.isnan(x) else f"{x:.{digits}g}"
 
 
+def fmt_count(x: Any) -> str:
+    return "n/a" if x is None else str(x)
+
+
 def fmt_ci(ci: Sequence[Any] | None) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "—"
 
@@ -191,35 +201,46 @@ def validate_report(report: Any) -> None:
 
 
 class SampleStore:
-    """Loads ``samples/*.npz`` once each; a missing or broken file becomes a reason string."""
+    """Reads ``samples/*.npz`` on demand; a missing or broken file becomes a reason string.
+
+    Arrays are not kept between figures (an ImageNet logits file is ~200 MB); only the verdict on
+    each file is remembered, for the footer."""
 
     def __init__(self, report_dir: Path) -> None:
         self.report_dir = Path(report_dir)
-        self._loaded: dict[str, dict[str, np.ndarray] | str] = {}
+        self._problems: dict[str, str | None] = {}
 
-    def get(self, rel: str) -> dict[str, np.ndarray] | str:
-        if rel not in self._loaded:
-            self._loaded[rel] = self._read(rel)
-        return self._loaded[rel]
-
-    def _read(self, rel: str) -> dict[str, np.ndarray] | str:
+    def _path(self, rel: str) -> Path | str:
         root = self.report_dir.resolve()
         path = (root / rel).resolve()
         if not path.is_relative_to(root):
             return "is outside the report folder"
         if not path.is_file():
             return "is missing"
+        if not zipfile.is_zipfile(path):  # np.load would try to unpickle it and blame pickling
+            return "is unreadable (not an .npz archive)"
+        return path
+
+    def load(self, rel: str) -> dict[str, np.ndarray] | str:
+        """The file's arrays, or why they cannot be read."""
+        path = self._path(rel) if self._problems.get(rel) is None else self._problems[rel]
+        if isinstance(path, str):
+            self._problems[rel] = path
+            return path
         try:
             with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+                arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            return f"is unreadable ({type(err).__name__}: {str(err)[:120]})"
+            self._problems[rel] = f"is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+            return self._problems[rel]
+        self._problems[rel] = None
+        return arrays
 
     def status(self, rel: str) -> tuple[str, int | None]:
-        """(``"ok"`` or the reason, size in bytes) for the footer; loads what no plot needed."""
-        data = self.get(rel)
-        if isinstance(data, str):
-            return data, None
+        """(``"ok"`` or the reason, size in bytes) for the footer, without reading files no plot needed."""
+        problem = self._problems[rel] if rel in self._problems else self._path(rel)
+        if isinstance(problem, str):
+            return problem, None
         return "ok", (self.report_dir / rel).stat().st_size
 
 
@@ -290,7 +311,7 @@ class ModelStyles:
     """One colour (and marker) per model, the same in every figure."""
 
     def __init__(self, models: Sequence[str]) -> None:
-        self.order = {m: i for i, m in enumerate(models)}
+        self.order = {m: i for i, m in enumerate(dict.fromkeys(models))}  # first occurrence wins
 
     def color(self, model: str) -> str:
         return _PALETTE[self.order.get(model, 0) % len(_PALETTE)]
@@ -318,22 +339,27 @@ class SectionContext:
         if text not in self.notes:
             self.notes.append(text)
 
-    def samples(self, row: dict[str, Any], keys: Sequence[str], what: str) -> dict[str, np.ndarray] | None:
-        """The row's per-sample arrays, or None with a note saying what could not be drawn."""
+    def samples(self, row: dict[str, Any], keys: Sequence[str], what: str) -> dict[str, np.ndarray] | str:
+        """The row's per-sample arrays, or (with a note saying what is not drawn) why not."""
         rel = row.get("samples")
-        cell = f"{row['model']} on {row['dataset']}" + (f" ({row['condition']})" if row["condition"] else "")
-        if not rel:
-            self.note(f"No per-sample file was recorded for {cell}: its {what} is not drawn.")
-            return None
-        data = self.store.get(rel)
+        data = self.store.load(rel) if rel else "No per-sample file was recorded"
+        if isinstance(data, str) and rel:
+            data = f"Per-sample file {rel} {data}"
+        elif not isinstance(data, str) and any(k not in data for k in keys):
+            data = f"Per-sample file {rel} lacks {', '.join(k for k in keys if k not in data)}"
         if isinstance(data, str):
-            self.note(f"Per-sample file {rel} {data}: the {what} of {cell} is not drawn.")
-            return None
-        absent = [k for k in keys if k not in data]
-        if absent:
-            self.note(f"Per-sample file {rel} lacks {', '.join(absent)}: the {what} of {cell} is not drawn.")
-            return None
+            self.note(f"{data}: the {what} of {_describe(row)} is not drawn.")
         return data
+
+    def bad_samples(self, row: dict[str, Any], err: Exception, what: str) -> str:
+        """Note a readable per-sample file whose arrays a plot cannot use; returns the reason."""
+        reason = f"Per-sample file {row['samples']} holds unusable arrays ({str(err).splitlines()[0][:160]})"
+        self.note(f"{reason}: the {what} of {_describe(row)} is not drawn.")
+        return reason
+
+
+def _describe(row: dict[str, Any]) -> str:
+    return f"{row['model']} on {row['dataset']}" + (f" ({row['condition']})" if row["condition"] else "")
 
 
 PlotFunction = Callable[[SectionContext], list[Plot]]
@@ -375,7 +401,7 @@ def _yerr(values: Sequence[float], cis: Sequence[Sequence[Any] | None]) -> np.nd
 
 
 def _grouped_bars(ax: Any, groups: Sequence[str], cells: dict[tuple[str, str], dict[str, Any]],
-                  models: Sequence[str], styles: ModelStyles, metric: str, legend: bool = True) -> None:
+                  models: Sequence[str], styles: ModelStyles, metric: str, *, ylabel: str | None = None) -> None:
     """Bars of ``cells[(group, model)]["value"]`` with CI error bars, one colour per model."""
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(groups))
@@ -386,12 +412,13 @@ def _grouped_bars(ax: Any, groups: Sequence[str], cells: dict[tuple[str, str], d
         ax.bar(x + (j - (len(models) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width * 0.92,
                yerr=_yerr(values, cis), color=styles.color(model), label=model,
                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
-    long_labels = max(map(len, groups), default=0) > 12
-    ax.set_xticks(x, groups, rotation=20 if long_labels else 0, ha="right" if long_labels else "center")
-    ax.set_ylabel(metric)
+    long_labels = max((len(line) for g in groups for line in g.split("\n")), default=0) * len(groups) > 90
+    ax.set_xticks(x, groups, rotation=20 if long_labels else 0, ha="right" if long_labels else "center",
+                  rotation_mode="anchor")
+    ax.set_ylabel(ylabel or metric)
     _limit_axis(ax.set_ylim, metric)
-    if legend:
-        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=min(len(models), 4), fontsize=7)
+    # above the axes, outside: constrained layout makes room for it
+    ax.figure.legend(loc="outside upper center", ncols=min(len(models), 4), fontsize=7)
 
 
 def _limit_axis(setter: Callable[..., Any], metric: str) -> None:
@@ -400,9 +427,8 @@ def _limit_axis(setter: Callable[..., Any], metric: str) -> None:
         setter(lo, hi * 1.02 if hi > 0 else hi)
 
 
-def _cell_label(row: dict[str, Any], *, drop: Iterable[str] = ()) -> str:
-    parts = {k: v for k, v in parse_condition(row["condition"]).items() if k not in set(drop)}
-    return row["dataset"] + (f" · {join_condition(parts)}" if parts else "")
+def _cell_label(row: dict[str, Any], *, sep: str = " · ") -> str:
+    return row["dataset"] + (f"{sep}{row['condition']}" if row["condition"] else "")
 
 
 def _panel_message(ax: Any, text: str) -> None:
@@ -423,7 +449,7 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 @property_view("accuracy")
 def accuracy_plots(ctx: SectionContext) -> list[Plot]:
     rows = [r for r in ctx.rows if r["metric"] == "top1"]
-    cells = {(_cell_label(r), r["model"]): r for r in rows}
+    cells = {(_cell_label(r, sep="\n"), r["model"]): r for r in rows}
     groups = sorted({g for g, _ in cells}, key=_natural_key)
     models = ctx.styles.sort(r["model"] for r in rows)
 
@@ -453,8 +479,9 @@ def _lookup_top1(ctx: SectionContext, row: dict[str, Any]) -> float:
                 and _without(other, "scaling") == cond):
             return _num(other["value"])
     rel = row.get("samples")
-    data = ctx.store.get(rel) if rel else None
-    if isinstance(data, dict) and {"logits", "labels"} <= data.keys():
+    data = ctx.store.load(rel) if rel else None
+    if (isinstance(data, dict) and {"logits", "labels"} <= data.keys() and data["logits"].ndim == 2
+            and data["labels"].shape == data["logits"].shape[:1]):
         return float(np.mean(data["logits"].argmax(1) == data["labels"]))
     return math.nan
 
@@ -495,12 +522,16 @@ def calibration_plots(ctx: SectionContext) -> list[Plot]:
                 row = cell[scaling]
                 title = f"scaling={scaling}: ECE {fmt(row['value'], 3)}"
                 data = ctx.samples(row, ("logits", "labels"), "reliability diagram")
-                if data is None:
-                    _panel_message(ax, f"per-sample file missing\n{row.get('samples') or '(none recorded)'}")
-                    ax.set_title(title)
-                    continue
-                _reliability(ax, data["logits"], data["labels"], title)
-                drawn = True
+                if not isinstance(data, str):
+                    try:
+                        _reliability(ax, data["logits"], data["labels"], title)
+                        drawn = True
+                        continue
+                    except ValueError as err:  # readable file, unusable arrays (shapes, NaN): say so, go on
+                        data = ctx.bad_samples(row, err, "reliability diagram")
+                        ax.clear()
+                _panel_message(ax, "not drawn:\n" + data.replace("Per-sample file ", "per-sample file\n"))
+                ax.set_title(title)
             return drawn
         return fill
 
@@ -532,23 +563,33 @@ def _roc_and_hist(ctx: SectionContext, cell: list[dict[str, Any]]) -> Callable[[
     from sklearn.metrics import roc_curve
 
     def fill(fig: Any) -> bool:
-        loaded = [(r, ctx.samples(r, ("scores_in", "scores_out"), "ROC curve and score histogram")) for r in cell]
-        loaded = [(r, d) for r, d in loaded if d is not None]
-        if not loaded:
-            return False
-        axes = fig.subplots(1, 1 + min(len(loaded), MAX_HIST_MODELS), squeeze=False)[0]
-        roc = axes[0]
-        for row, data in loaded:
+        curves = []
+        for row in cell:
+            data = ctx.samples(row, ("scores_in", "scores_out"), "ROC curve and score histogram")
+            if isinstance(data, str):
+                continue
             s_in, s_out = data["scores_in"].ravel(), data["scores_out"].ravel()  # (N,), (M,)
             y = np.r_[np.ones(s_in.size), np.zeros(s_out.size)]
-            fpr, tpr, _ = roc_curve(y, np.r_[s_in, s_out])
+            try:
+                fpr, tpr, _ = roc_curve(y, np.r_[s_in, s_out])  # (K,), (K,) nondecreasing
+            except ValueError as err:  # NaN scores, or one of the two sets empty
+                ctx.bad_samples(row, err, "ROC curve and score histogram")
+                continue
+            if fpr.size > ROC_POINTS:  # a fixed grid keeps the SVG small for large N; staircase kept
+                grid = np.linspace(0.0, 1.0, ROC_POINTS)
+                fpr, tpr = grid, tpr[np.searchsorted(fpr, grid, side="right") - 1]
+            curves.append((row, s_in, s_out, fpr, tpr))
+        if not curves:
+            return False
+        axes = fig.subplots(1, 1 + min(len(curves), MAX_HIST_MODELS), squeeze=False)[0]
+        roc = axes[0]
+        for row, _, _, fpr, tpr in curves:
             roc.plot(fpr, tpr, color=ctx.styles.color(row["model"]), lw=1.2,
                      label=f"{row['model']} ({row['metric']} {fmt(row['value'], 3)})")
         roc.plot([0, 1], [0, 1], ls=":", color="#888888", lw=0.8)
         roc.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (OOD accepted)", ylabel="TPR (ID accepted)", title="ROC")
         roc.legend(loc="lower right", fontsize=6.5)
-        for ax, (row, data) in zip(axes[1:], loaded):
-            s_in, s_out = data["scores_in"].ravel(), data["scores_out"].ravel()
+        for ax, (row, s_in, s_out, _, _) in zip(axes[1:], curves):
             edges = np.histogram_bin_edges(np.r_[s_in, s_out], bins=40)
             ax.hist(s_in, edges, density=True, histtype="stepfilled", alpha=0.55, color="#4c78a8", label="ID")
             ax.hist(s_out, edges, density=True, histtype="stepfilled", alpha=0.55, color="#e45756", label="OOD")
@@ -575,6 +616,18 @@ def ood_plots(ctx: SectionContext) -> list[Plot]:
     return plots
 
 
+def _severity(row: dict[str, Any]) -> float | None:
+    try:
+        return float(parse_condition(row["condition"])["severity"])
+    except (KeyError, ValueError):
+        return None  # no or non-numeric severity: the row stays in the table only
+
+
+def _ci_bounds(row: dict[str, Any]) -> tuple[float, float]:
+    ci, value = row.get("ci") or (None, None), _num(row.get("value"))
+    return (value if ci[0] is None else float(ci[0]), value if ci[1] is None else float(ci[1]))
+
+
 def _clean_top1(ctx: SectionContext, model: str, dataset: str) -> float:
     """Clean accuracy of a model on a dataset: a top1 row of this property without corruption keys,
     else the accuracy property's primary cell."""
@@ -589,7 +642,7 @@ def _clean_top1(ctx: SectionContext, model: str, dataset: str) -> float:
 @property_view("corruption2d", group_by="corruption")
 @property_view("corruption3d", group_by="corruption")
 def corruption_plots(ctx: SectionContext) -> list[Plot]:
-    rows = [r for r in ctx.rows if r["metric"] == "top1" and "severity" in parse_condition(r["condition"])]
+    rows = [r for r in ctx.rows if r["metric"] == "top1" and _severity(r) is not None]
     families: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         families[(r["dataset"], _without(r, "severity"))][r["model"]].append(r)
@@ -615,16 +668,14 @@ def corruption_plots(ctx: SectionContext) -> list[Plot]:
             axes = fig.subplots((len(chunk) + ncols - 1) // ncols, ncols, squeeze=False, sharey=True).ravel()
             for ax, ((dataset, family), per_model) in zip(axes, chunk):
                 for model in ctx.styles.sort(per_model):
-                    pts = sorted((float(parse_condition(r["condition"])["severity"]), r) for r in per_model[model])
-                    x = [0.0] + [s for s, _ in pts]
-                    y = [clean[(model, dataset)]] + [_num(r["value"]) for _, r in pts]
+                    pts = sorted(per_model[model], key=_severity)
+                    x = [0.0] + [_severity(r) for r in pts]
+                    y = [clean[(model, dataset)]] + [_num(r["value"]) for r in pts]
                     ax.plot(x, y, marker="o", ms=3, lw=1.2, color=ctx.styles.color(model), label=model)
-                    lo = [r["ci"][0] if r.get("ci") else _num(r["value"]) for _, r in pts]
-                    hi = [r["ci"][1] if r.get("ci") else _num(r["value"]) for _, r in pts]
+                    lo, hi = zip(*map(_ci_bounds, pts))
                     ax.fill_between(x[1:], lo, hi, color=ctx.styles.color(model), alpha=0.12, lw=0)
                 ax.set_title(family.replace("corruption=", ""), fontsize=8)
-                ax.set_xticks(sorted({0.0} | {float(parse_condition(r["condition"])["severity"])
-                                              for rs in per_model.values() for r in rs}))
+                ax.set_xticks(sorted({0.0} | {_severity(r) for rs in per_model.values() for r in rs}))
                 ax.set_xlabel("severity (0 = clean)")
                 _limit_axis(ax.set_ylim, "top1")
             for ax in axes[len(chunk):]:
@@ -637,8 +688,9 @@ def corruption_plots(ctx: SectionContext) -> list[Plot]:
     for dataset, items in by_dataset.items():
         for i, chunk in enumerate(_chunks(items, PANELS_PER_FIGURE)):
             nrows = (len(chunk) + 3) // 4
-            plots.append(Plot(f"Accuracy vs severity · {dataset}" + (f" ({i + 1})" if len(items) > PANELS_PER_FIGURE else ""),
-                              draw(chunk), (2.6 * min(len(chunk), 4) + 0.4, 2.4 * nrows + 0.3),
+            part = f" ({i + 1})" if len(items) > PANELS_PER_FIGURE else ""
+            plots.append(Plot(f"Accuracy vs severity · {dataset}{part}", draw(chunk),
+                              (2.6 * min(len(chunk), 4) + 0.4, 2.4 * nrows + 0.3),
                               "Families ordered by mean accuracy drop; shading: 95% CI."))
     return plots
 
@@ -742,19 +794,19 @@ def _shape_plot(rows: list[dict[str, Any]], per_class: list[dict[str, Any]], cla
 @property_view("retrieval")
 def retrieval_plots(ctx: SectionContext) -> list[Plot]:
     rows = [r for r in ctx.rows if _RECALL.search(r["metric"])]
-    by_cell: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+    by_cell: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
     for r in rows:
-        by_cell[_cell_label(r)][(r["metric"], r["model"])] = r
+        by_cell[(r["dataset"], r["condition"])][(r["metric"], r["model"])] = r
 
-    def rank(item: tuple[str, dict[tuple[str, str], dict[str, Any]]]) -> tuple[Any, ...]:
-        label, cells = item
-        clean = "·" not in label
-        return (not clean, min(map(_badness, cells.values())), label)
+    def rank(item: tuple[tuple[str, str], dict[tuple[str, str], dict[str, Any]]]) -> tuple[Any, ...]:
+        (dataset, condition), cells = item  # clean captions first, then the worst cells
+        return condition != "", min(map(_badness, cells.values())), dataset, condition
 
     plots = []
-    for label, cells in sorted(by_cell.items(), key=rank):
+    for (dataset, condition), cells in sorted(by_cell.items(), key=rank):
         metrics = sorted({m for m, _ in cells}, key=lambda m: (m.split("_")[0], int(_RECALL.search(m)[1]), m))
         models = ctx.styles.sort(m for _, m in cells)
+        label = dataset + (f" · {condition}" if condition else "")
         plots.append(Plot(f"Recall@K · {label}", _recall_bars(metrics, cells, models, ctx.styles),
                           (max(4.5, 1.0 + 0.22 * len(metrics) * len(models)), 2.7),
                           "Recall@1/5/10, image→text (i2t) and text→image (t2i); error bars: 95% CI."))
@@ -763,7 +815,7 @@ def retrieval_plots(ctx: SectionContext) -> list[Plot]:
 
 def _recall_bars(metrics: list[str], cells: dict[tuple[str, str], dict[str, Any]], models: list[str],
                  styles: ModelStyles) -> Callable[[Any], None]:
-    return lambda fig: _grouped_bars(fig.add_subplot(), metrics, cells, models, styles, metrics[0])
+    return lambda fig: _grouped_bars(fig.add_subplot(), metrics, cells, models, styles, metrics[0], ylabel="recall")
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,7 +878,8 @@ def _sub_part(row: dict[str, Any]) -> str:
     return join_condition({k: v for k, v in parse_condition(row["condition"]).items() if k in SUBCELL_KEYS})
 
 
-def factor_series(rows: Sequence[dict[str, Any]], run: dict[str, Any], models: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:
+def factor_series(rows: Sequence[dict[str, Any]], run: dict[str, Any],
+                  models: Sequence[str]) -> list[tuple[str, str, dict[str, float]]]:
     """``(label, metric, {model: value})`` per headline metric and dataset, excluding ID accuracy itself."""
     id_set = id_dataset(rows)
     by_prop: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -875,8 +928,12 @@ def _factor_scatter(values: dict[str, float], acc: dict[str, float], levels: dic
             group = [m for m in models if levels[m].get(factor, "unknown") == level]
             x = np.array([acc[m] for m in group])  # (G,)
             y = np.array([values[m] for m in group])  # (G,)
-            color = _PALETTE[k % len(_PALETTE)]
+            color = _LEVEL_PALETTE[k % len(_LEVEL_PALETTE)]
             ax.scatter(x, y, color=color, s=26, label=level, zorder=3)
+            if len(models) <= _MAX_POINT_LABELS:
+                for model, xi, yi in zip(group, x, y):
+                    ax.annotate(model, (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6,
+                                color="#444444")
             if len(group) >= 2 and np.ptp(x) > 0:
                 slope, intercept = np.polyfit(x, y, 1)
                 xs = np.array([x.min(), x.max()])
@@ -974,14 +1031,30 @@ def _table_groups(rows: list[dict[str, Any]], group_by: str, styles: ModelStyles
 
     model_rank = {m: i for i, m in enumerate(styles.sort(r["model"] for r in rows))}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(rows, key=lambda r: (_natural_key(r["dataset"]), _natural_key(r["condition"]), r["metric"],
-                                         model_rank[r["model"]])):
+    for r in sorted(rows, key=lambda r: (_natural_key(r["dataset"]), _natural_key(r["condition"]),
+                                         _natural_key(r["metric"]), model_rank[r["model"]])):
         groups[group_of(r)].append(r)
     return [{"title": title, "rows": [_row_view(r) for r in grouped]}
             for title, grouped in sorted(groups.items(), key=lambda kv: _natural_key(kv[0]))]
 
 
-def _summary(rows: list[dict[str, Any]], props: list[str], models: list[str]) -> list[dict[str, Any]]:
+def _headline_text(rows: list[dict[str, Any]], metric: str | None, run: dict[str, Any]) -> str:
+    """A model's headline number for a property: per dataset its primary cell (as in the six-factor
+    view), then the mean over datasets."""
+    by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            by_dataset[r["dataset"]].append(r)
+    values = {d: _series_value(rs, run, None) for d, rs in sorted(by_dataset.items())}
+    finite = [v for v in values.values() if not math.isnan(v)]
+    if not finite:
+        return f"{metric} n/a"
+    where = f" · {next(iter(values))}" if len(values) == 1 else f" (mean of {len(finite)} datasets)"
+    return f"{metric} {fmt(np.mean(finite), 3)}{where}"
+
+
+def _summary(rows: list[dict[str, Any]], props: list[str], models: list[str],
+             run: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for prop in props:
         mine = [r for r in rows if r["property"] == prop]
@@ -993,14 +1066,11 @@ def _summary(rows: list[dict[str, Any]], props: list[str], models: list[str]) ->
                 cells.append({"model": model, "verdict": "absent", "label": "not measured", "counts": "", "key": ""})
                 continue
             counts = Counter(verdict_of(r) for r in cell_rows if r.get("gate"))
-            values = [_num(r["value"]) for r in cell_rows if r["metric"] == metric]
-            finite = [v for v in values if not math.isnan(v)]
             verdict = worst_verdict(counts.elements())
             cells.append({
                 "model": model, "verdict": verdict, "label": VERDICT_LABEL[verdict],
                 "counts": " · ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v]),
-                "key": (f"{metric} {fmt(np.mean(finite), 3)}" + (f" (mean of {len(finite)})" if len(finite) > 1 else "")
-                        if finite else f"{metric} n/a"),
+                "key": _headline_text(cell_rows, metric, run),
             })
         hib = higher_is_better(metric) if metric else None
         out.append({"property": prop, "title": PROPERTY_TITLES.get(prop, prop), "metric": metric,
@@ -1019,15 +1089,17 @@ def _regression_view(rows: list[dict[str, Any]], renderer: FigureRenderer) -> di
         table.append({
             "model": r["model"], "baseline": g.get("baseline_model") or r["model"], "property": r["property"],
             "dataset": r["dataset"], "condition": r["condition"], "metric": r["metric"],
-            "arrow": _row_view(r)["arrow"], "value": fmt(r.get("value")), "baseline_value": fmt(g.get("baseline_value")),
+            "arrow": _row_view(r)["arrow"], "value": fmt(r.get("value")),
+            "baseline_value": fmt(g.get("baseline_value")),
             "delta": "n/a" if delta is None else f"{float(delta):+.4g}", "ci": fmt_ci(g.get("ci")),
             "p_value": fmt(g.get("p_value"), 3), "max_drop": fmt(g.get("max_drop"), 3), "verdict": g["verdict"],
             "message": g.get("message") or "",
         })
-    figure = renderer.render(Plot("Change vs baseline", lambda fig: _forest(fig, reg[:40]), (7.0, 0.9 + 0.22 * min(len(reg), 40)),
+    shown = reg[:MAX_FOREST_ROWS]
+    figure = renderer.render(Plot("Change vs baseline", lambda fig: _forest(fig, shown), (7.0, 0.9 + 0.22 * len(shown)),
                                   "Change in the metric's good direction (+ = better) with its 95% CI; "
                                   "red tick: the allowed drop."))
-    return {"rows": table, "figure": figure, "omitted": max(len(reg) - 40, 0)}
+    return {"rows": table, "figure": figure, "omitted": len(reg) - len(shown)}
 
 
 def _regression_rank(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -1089,14 +1161,14 @@ def _header(run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     rate = f" ({100 * hits / total:.0f}% hits)" if hits is not None and misses is not None and total else ""
     versions = run.get("versions") or {}
     meta = [
-        ("started", run.get("started_at") or "n/a"),
+        ("started", (run.get("started_at") or "n/a").replace("T", " ")),
         ("git commit", (run.get("git_commit") or "n/a")[:12]),
         ("seed", run.get("seed", config.get("seed", "n/a"))),
         ("device", run.get("device") or config.get("device") or "n/a"),
         ("torch", versions.get("torch") or "n/a"),
         ("open_clip", versions.get("open_clip_torch") or versions.get("open_clip") or "n/a"),
         ("wall time", _duration(run.get("wall_time_s"))),
-        ("embedding cache", f"{hits if hits is not None else 'n/a'} hits / {misses if misses is not None else 'n/a'} misses{rate}"),
+        ("embedding cache", f"{fmt_count(hits)} hits / {fmt_count(misses)} misses{rate}"),
     ]
     summary = [
         ("models", ", ".join(map(str, config.get("models") or list(run.get("models") or {}))) or "n/a"),
@@ -1156,7 +1228,8 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
                     figures.append(figure)
             sections.append({
                 "property": prop, "title": PROPERTY_TITLES.get(prop, prop), "anchor": _slug(prop, used),
-                "n_rows": len(ctx.rows), "groups": _table_groups(ctx.rows, view.group_by if view else "dataset", styles),
+                "n_rows": len(ctx.rows),
+                "groups": _table_groups(ctx.rows, view.group_by if view else "dataset", styles),
                 "figures": figures, "notes": ctx.notes,
                 "verdict": worst_verdict(verdict_of(r) for r in ctx.rows),
             })
@@ -1170,7 +1243,7 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
         "header": _header(run, rows),
         "regression": regression,
         "models": models,
-        "summary": _summary(rows, props, models),
+        "summary": _summary(rows, props, models, run),
         "anchors": anchors,
         "flagged": [{"verdict": verdict_of(r), "message": _gate_message(r), "anchor": anchors[r["property"]],
                      "property": r["property"]} for r in flagged],

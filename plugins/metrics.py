@@ -119,7 +119,8 @@ def _float_array(x: Any, name: str, *, shape: str, validate: bool = True) -> np.
 def _matrix(x: Any, name: str, *, shape: str = "(N, C)", validate: bool = True) -> np.ndarray:
     arr = _float_array(x, name, shape=shape, validate=validate)
     if validate and arr.shape[1] == 0:
-        raise ValueError(f"expected {name} of shape {shape} with at least one column, got {arr.shape}")
+        raise ValueError(f"expected {name} of shape {shape} with at least one column, "
+                         f"got {arr.shape}")
     return arr
 
 
@@ -240,7 +241,7 @@ def _l2_normalise(emb: np.ndarray, name: str, *, validate: bool) -> np.ndarray:
     if validate and np.any(norms == 0):
         row = int(np.flatnonzero(norms[:, 0] == 0)[0])
         raise ValueError(f"{name} row {row} has zero norm and cannot be L2-normalised")
-    return emb / norms
+    return np.asarray(emb / norms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def calibration_bins(probs: Any, labels: Any, *, n_bins: int = 15, strategy: str
         edges[0], edges[-1] = 0.0, 1.0
     else:
         edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # searchsorted(side="left") gives the first edge >= conf, i.e. bin b with edges[b] < conf <= edges[b+1].
+    # searchsorted(side="left") finds the first edge >= conf: bin b is (edges[b], edges[b+1]]
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)  # (N,)
     counts = np.bincount(idx, minlength=n_bins)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -474,7 +475,7 @@ def mcm_score(cosine: Any, *, tau: float = 1.0, validate: bool = True) -> np.nda
             f"{np.abs(cos).max():.4g}. Pass raw cosines of L2-normalised embeddings, not logits "
             "scaled by logit_scale; MCM's temperature is tau."
         )
-    return softmax(cos, temperature=tau, validate=False).max(axis=1)
+    return np.asarray(softmax(cos, temperature=tau, validate=False).max(axis=1))
 
 
 def msp_score(logits: Any, *, validate: bool = True) -> np.ndarray:
@@ -484,7 +485,7 @@ def msp_score(logits: Any, *, validate: bool = True) -> np.ndarray:
     array([0.75])
     """
     z = _matrix(logits, "logits", validate=validate)
-    return softmax(z, validate=False).max(axis=1)
+    return np.asarray(softmax(z, validate=False).max(axis=1))
 
 
 def energy_score(logits: Any, *, temperature: float = 1.0, validate: bool = True) -> np.ndarray:
@@ -505,7 +506,7 @@ def max_logit_score(logits: Any, *, validate: bool = True) -> np.ndarray:
     array([ 3., -2.])
     """
     z = _matrix(logits, "logits", validate=validate)
-    return np.asarray(z, dtype=np.float64).max(axis=1)
+    return np.asarray(z.max(axis=1), dtype=np.float64)
 
 
 def _ood_pair(scores_in: Any, scores_out: Any, name: str, *,
@@ -634,6 +635,7 @@ def recall_at_k(similarity: Any, positives: Any, *, k: int, validate: bool = Tru
     collections of gallery indices (a nested list is read as a matrix only if it holds bools).
     Ties are broken pessimistically: a non-positive item scoring equal to the best positive is
     ranked above it, so the result does not depend on gallery order. Every query needs a positive.
+    With ``validate=False``, ``positives`` must already be the boolean (Q, G) matrix.
 
     >>> sim = [[0.9, 0.5, 0.5], [0.1, 0.2, 0.3]]
     >>> recall_at_k(sim, [{1}, {0, 2}], k=1), recall_at_k(sim, [{1}, {0, 2}], k=3)
@@ -647,14 +649,15 @@ def recall_at_k(similarity: Any, positives: Any, *, k: int, validate: bool = Tru
     lonely = np.flatnonzero(~pos.any(axis=1))
     if lonely.size:
         raise ValueError(f"positives: query {int(lonely[0])} has no positive gallery item "
-                         f"({lonely.size} such queries); recall@k is undefined for them -- drop them")
+                         f"({lonely.size} such queries); recall@k is undefined for them, "
+                         "drop them")
     hits = 0
     for start in range(0, sim.shape[0], _QUERY_BLOCK):
         s, p = sim[start:start + _QUERY_BLOCK], pos[start:start + _QUERY_BLOCK]  # (B, G)
         best = np.where(p, s, -np.inf).max(axis=1)  # (B,) best positive score
         ranked_above = np.sum(~p & (s >= best[:, None]), axis=1)  # (B,) negatives at or above it
         hits += int(np.sum(ranked_above < k))
-    return hits / sim.shape[0]
+    return float(hits / sim.shape[0])
 
 
 def retrieval_recalls(image_emb: Any, text_emb: Any, text_to_image: Any, *,
@@ -787,7 +790,9 @@ def error_ratio(acc_factor: Any, acc_overall: Any, *, validate: bool = True) -> 
     return _safe_ratio(1.0 - f, 1.0 - o, "error_ratio (acc_overall == 1)")
 
 
-_TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+_Transform = Callable[[np.ndarray], np.ndarray]
+# name -> (forward, inverse) axis transform for the effective-robustness fit
+_TRANSFORMS: dict[str, tuple[_Transform, _Transform]] = {
     "probit": (lambda p: stats.norm.ppf(np.clip(p, _ACC_CLIP, 1 - _ACC_CLIP)), stats.norm.cdf),
     "logit": (lambda p: special.logit(np.clip(p, _ACC_CLIP, 1 - _ACC_CLIP)), special.expit),
     "linear": (lambda p: p, lambda p: p),
@@ -879,7 +884,8 @@ def effective_robustness(fit: EffectiveRobustnessFit, id_acc: Any, shifted_acc: 
 # --------------------------------------------------------------------------------------------
 
 
-def relative_accuracy(acc_corrupt: Any, acc_clean: Any, *, validate: bool = True) -> float | np.ndarray:
+def relative_accuracy(acc_corrupt: Any, acc_clean: Any, *,
+                      validate: bool = True) -> float | np.ndarray:
     """Accuracy under corruption relative to clean accuracy, ``acc_corrupt / acc_clean``.
 
     Scalars or broadcastable arrays (e.g. (S,) severities against a clean scalar); nan with a
@@ -1057,4 +1063,5 @@ def metric_info(name: str) -> MetricInfo:
     except KeyError:
         close = difflib.get_close_matches(str(name), METRICS, n=3)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"Unknown metric {name!r}.{hint} Available: {', '.join(sorted(METRICS))}") from None
+        available = ", ".join(sorted(METRICS))
+        raise KeyError(f"Unknown metric {name!r}.{hint} Available: {available}") from None

@@ -83,7 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
             for spec in rb.models:
                 check_model_spec(spec)
-    except (ConfigError, ValueError, KeyError) as err:
+    except (ConfigError, ValueError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise pytest.UsageError(str(message)) from None
     config.stash[RB_CONFIG] = rb

@@ -27,7 +27,7 @@ import math
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -43,6 +43,7 @@ __all__ = [
     "seed_for",
 ]
 
+Method = Literal["percentile", "basic", "BCa"]
 _METHODS = ("percentile", "basic", "BCa")
 # Upper bound on resampled indices held at once (n_resamples x n int64): 4M entries = 32 MiB.
 _MAX_BATCH_ENTRIES = 1 << 22
@@ -84,13 +85,13 @@ def _nan_interval(message: str) -> Interval:
 
 def _run_bootstrap(index_samples: tuple[np.ndarray, ...], stat_of_indices: Callable[..., float],
                    *, n_resamples: int, confidence: float, seed: int,
-                   method: str) -> Any:
-    """scipy.stats.bootstrap over index vectors; per-resample degeneracy is summarised by callers."""
+                   method: Method) -> Any:
+    """scipy.stats.bootstrap over index vectors (per-resample degeneracy is left to _interval)."""
     n_max = max(len(i) for i in index_samples)
     batch = max(1, min(n_resamples, _MAX_BATCH_ENTRIES // max(n_max, 1)))
-    with warnings.catch_warnings():
-        # A resample with one class makes a metric warn and return nan; the caller reports the
-        # resulting nan interval once instead of once per resample.
+    # A resample with one class makes a metric warn and return nan, and BCa divides by zero on a
+    # constant distribution; _interval reports the resulting nan interval once, not per resample.
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         return stats.bootstrap(index_samples, stat_of_indices, n_resamples=n_resamples,
@@ -102,15 +103,19 @@ def _run_bootstrap(index_samples: tuple[np.ndarray, ...], stat_of_indices: Calla
 def _interval(res: Any, what: str) -> Interval:
     lo, hi = (float(v) for v in (res.confidence_interval.low, res.confidence_interval.high))
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        n_nan = int(np.sum(~np.isfinite(res.bootstrap_distribution)))
-        return _nan_interval(f"{what}: the bootstrap interval is undefined ({n_nan} of "
+        n_bad = int(np.sum(~np.isfinite(res.bootstrap_distribution)))
+        if n_bad == 0:  # only BCa fails on finite resamples: a constant bootstrap distribution
+            return _nan_interval(f"{what}: the BCa interval is undefined because every resample "
+                                 "gave the same value; use method='percentile'")
+        return _nan_interval(f"{what}: the bootstrap interval is undefined ({n_bad} of "
                              f"{res.bootstrap_distribution.size} resamples gave a non-finite "
                              "statistic, e.g. a resample with a single class)")
     return lo, hi
 
 
 def bootstrap_ci(statistic: Callable[..., float], *arrays: Any, n_resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0, method: str = "percentile") -> Interval:
+                 confidence: float = 0.95, seed: int = 0,
+                 method: Method = "percentile") -> Interval:
     """Bootstrap confidence interval of ``statistic(*arrays)``, resampling items jointly.
 
     All ``arrays`` share axis 0 (the items); each resample draws item indices with replacement
@@ -142,7 +147,7 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays: Any, n_resamples: int
 
 def bootstrap_ci_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float], a: Any, b: Any,
                             *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                            method: str = "percentile") -> Interval:
+                            method: Method = "percentile") -> Interval:
     """Stratified bootstrap interval of ``statistic(a, b)`` for two independent groups.
 
     ``a`` and ``b`` (e.g. ID and OOD scores, lengths N and M) are resampled independently, each
@@ -263,11 +268,12 @@ def proportion_ci(successes: Any, *, confidence: float = 0.95) -> Interval:
     return float(ci.low), float(ci.high)
 
 
+Alternative = Literal["less", "greater", "two-sided"]
 _ALTERNATIVES = ("less", "greater", "two-sided")
 
 
 def mcnemar_test(correct_candidate: Any, correct_baseline: Any, *,
-                 alternative: str = "less") -> tuple[float, float]:
+                 alternative: Alternative = "less") -> tuple[float, float]:
     """Exact McNemar test of candidate vs baseline accuracy on the same items.
 
     Only discordant items carry information: ``b`` = candidate right and baseline wrong,

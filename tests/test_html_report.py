@@ -16,6 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from plugins.html_report import MAX_FIGURES, higher_is_better, render_html, validate_report, write_html
+from plugins.render import main as render_cli
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"
@@ -236,6 +237,30 @@ def test_summary_cells_show_the_worst_verdict(rendered):
         assert [c.attrs["data-verdict"] for c in cells] == [verdict], (prop, model)
 
 
+def test_summary_headline_uses_the_primary_cell(rendered):
+    report, _, _, tree = rendered
+
+    def key(prop: str, model: str) -> str:
+        cell = tree.root.find("tr", data_property=prop)[0].find("td", data_model=model)[0]
+        return cell.find("span", **{"class": "key"})[0].all_text()
+
+    def value(prop: str, model: str, condition: str) -> float:
+        return next(r["value"] for r in report["results"] if r["property"] == prop and r["model"] == model
+                    and r["condition"] == condition and not (r["gate"] or {}).get("kind") == "regression")
+
+    # unscaled logits (not the mean with the temperature-scaled cell); the overall shape bias row, not its
+    # mean with the per-class rows; per-class mean where no overall row exists; the run's first template set
+    assert key("calibration", M1) == f"ece {value('calibration', M1, 'scaling=none;templates=openai'):.3g} · world:test"
+    assert key("shape_bias", M1) == f"shape_bias {value('shape_bias', M1, ''):.3g} · world:cue-conflict"
+    per_class = [value("shape_bias", M3, f"class={c}") for c in ("cube", "sphere", "torus")]
+    assert key("shape_bias", M3) == f"shape_bias {np.mean(per_class):.3g} · world:cue-conflict"
+    shift = next(r["value"] for r in report["results"] if r["model"] == M2 and r["dataset"] == "world:shift-bg"
+                 and r["condition"] == "templates=openai")
+    test = next(r["value"] for r in report["results"] if r["model"] == M2 and r["dataset"] == "world:test"
+                and r["condition"] == "templates=openai")
+    assert key("accuracy", M2) == f"top1 {np.mean([shift, test]):.3g} (mean of 2 datasets)"
+
+
 def test_header_counts_gates_and_shows_run_metadata(rendered):
     report, _, _, tree = rendered
     verdicts = [r["gate"]["verdict"] for r in report["results"] if r["gate"]]
@@ -313,6 +338,26 @@ def test_missing_and_corrupt_sample_files_are_noted(rendered):
     assert footer["samples/ood-0.npz"].endswith("KiB")
 
 
+def test_unusable_sample_arrays_are_noted_not_raised(tmp_path):
+    labels = np.arange(10) % 3
+    bad_logits = save(tmp_path, "bad-logits", logits=np.full((10, 3), np.nan, np.float32), labels=labels)
+    short = save(tmp_path, "short", logits=np.zeros((10, 3), np.float32), labels=labels[:4])
+    nan_scores = save(tmp_path, "nan-scores", scores_in=np.array([np.nan, 1.0]), scores_out=np.array([0.0]))
+    wrong_keys = save(tmp_path, "wrong-keys", something=np.zeros(3))
+    report = {"run": {}, "results": [
+        row("calibration", M1, "world:test", "scaling=none", "ece", 0.1, hib=False, samples=bad_logits),
+        row("calibration", M2, "world:test", "scaling=none", "ece", 0.1, hib=False, samples=short),
+        row("calibration", M3, "world:test", "scaling=none", "ece", 0.1, hib=False, samples=wrong_keys),
+        row("ood", M1, "world:test", "score=mcm", "auroc", 0.9, samples=nan_scores),
+    ]}
+    tree = parse(render_html(report, report_dir=tmp_path))
+    notes = " ".join(p.all_text() for p in tree.root.find("p", **{"class": "note"}))
+    for rel in (bad_logits, short, nan_scores):
+        assert f"Per-sample file {rel} holds unusable arrays" in notes, notes
+    assert f"Per-sample file {wrong_keys} lacks logits, labels" in notes
+    assert not section(tree, "ood").iter("svg")  # nothing drawable: no empty figure either
+
+
 def test_property_sections_follow_the_documented_order(rendered):
     _, _, _, tree = rendered
     order = [s.attrs["data-property"] for s in tree.root.find("section") if "data-property" in s.attrs]
@@ -345,7 +390,8 @@ def test_six_factor_table_means_per_level(rendered):
 
 
 def test_six_factor_view_skips_with_one_model(tmp_path):
-    report = build_report(tmp_path, {M1: MODELS[M1]})
+    report = {"run": {"models": {M1: {"metadata": MODELS[M1]}}},
+              "results": [row("accuracy", M1, ds, "", "top1", 0.8) for ds in ("world:test", "world:shift-bg")]}
     tree = parse(render_html(report, report_dir=tmp_path))
     view = tree.root.find("section", id="six-factors")[0]
     assert not view.iter("svg")
@@ -363,13 +409,22 @@ def test_render_cli_is_deterministic_and_fails_cleanly(rendered, tmp_path):
 
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "plugins.render", str(bad_json)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "not valid JSON" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not bad_json.with_suffix(".html").exists()
+
+
+def test_render_cli_rejects_missing_and_malformed_files(tmp_path, capsys):
     wrong_shape = tmp_path / "list.json"
     wrong_shape.write_text("[1, 2]")
-    for path, expected in ((tmp_path / "absent.json", "no such file"), (bad_json, "not valid JSON"),
-                           (wrong_shape, "not a robustness report")):
-        done = subprocess.run([sys.executable, "-m", "plugins.render", str(path)], cwd=REPO, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    bad_row = tmp_path / "bad_row.json"
+    bad_row.write_text(json.dumps({"run": {}, "results": [{"property": "ood"}]}))
+    for path, expected in ((tmp_path / "absent.json", "no such file"), (wrong_shape, "not a robustness report"),
+                           (bad_row, "results[0] needs a string 'model'")):
+        assert render_cli([str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err, err
         assert not path.with_suffix(".html").exists()
 
 

@@ -143,7 +143,8 @@ def test_entry_declares_direction_and_bounds(name):
     info = M.METRICS[name]
     assert info.name == name, f"{name}: entry is named {info.name!r}"
     assert isinstance(info.higher_is_better, bool), f"{name}: higher_is_better is not a bool"
-    assert info.lower_bound < info.upper_bound, f"{name}: bounds {info.lower_bound}, {info.upper_bound}"
+    assert info.lower_bound < info.upper_bound, (
+        f"{name}: bounds {info.lower_bound}, {info.upper_bound}")
     assert isinstance(info.description, str) and info.description, f"{name}: no description"
     assert info.func is None or callable(info.func), f"{name}: func is not callable"
     assert info.key is None or info.func is not None, f"{name}: key without func"
@@ -265,7 +266,7 @@ def test_non_finite_input_raises_value_error_naming_the_argument(name, index, pa
         _value(name, tuple(args), CASES[name].kwargs)
 
 
-# ----------------------------------------------------------------------------- set-specific properties
+# ----------------------------------------------------------------------------- per-set properties
 
 
 @pytest.mark.parametrize("name", sorted(SCORE_METRICS))

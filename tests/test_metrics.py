@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy import special
 from scipy.stats import mannwhitneyu, norm
@@ -26,8 +26,6 @@ from sklearn.metrics import (
 
 from plugins import metrics as M
 from plugins.metrics import UndefinedMetricWarning
-
-FAST = settings(max_examples=50, deadline=None)
 
 
 def _classification_data(seed: int, n: int = 400, c: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +84,11 @@ def _ece_loop(probs: np.ndarray, labels: np.ndarray, edges: np.ndarray) -> float
     """ECE written as the reference code's loop over bins (lower < conf <= upper)."""
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     total = 0.0
-    for lower, upper in zip(edges[:-1], edges[1:]):
+    for lower, upper in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (conf > lower) & (conf <= upper)
         if in_bin.any():
-            total += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean() - conf[in_bin].mean())
+            acc = (pred[in_bin] == labels[in_bin]).mean()
+            total += in_bin.mean() * abs(acc - conf[in_bin].mean())
     return total
 
 
@@ -280,7 +279,6 @@ SCORE_FUNCS = {"auroc": M.ood_auroc_score, "fpr95": M.fpr_at_tpr,
                "aupr_in": M.aupr_in_score, "aupr_out": M.aupr_out_score}
 
 
-@FAST
 @given(s_in=score_lists, s_out=score_lists, transform=st.sampled_from(sorted(MONOTONE)))
 @pytest.mark.parametrize("name", sorted(SCORE_FUNCS))
 def test_score_metrics_invariant_to_monotone_transforms(name, s_in, s_out, transform):
@@ -288,11 +286,22 @@ def test_score_metrics_invariant_to_monotone_transforms(name, s_in, s_out, trans
     assert f(g(s_in), g(s_out)) == pytest.approx(f(s_in, s_out), abs=1e-12), name
 
 
-@FAST
 @given(s_in=score_lists, s_out=score_lists)
 def test_auroc_equals_mann_whitney_property(s_in, s_out):
     u = mannwhitneyu(s_in, s_out).statistic
     assert M.ood_auroc_score(s_in, s_out) == pytest.approx(u / (s_in.size * s_out.size))
+
+
+@given(s_in=score_lists, s_out=score_lists, tpr=st.sampled_from([0.5, 0.8, 0.9, 0.95, 1.0]))
+def test_fpr_at_tpr_equals_sweep_property(s_in, s_out, tpr):
+    # Small, tie-heavy inputs where tpr * N is rarely an integer (e.g. 0.95 * 7).
+    assert M.fpr_at_tpr(s_in, s_out, tpr=tpr) == pytest.approx(_fpr_sweep(s_in, s_out, tpr))
+
+
+@given(s_in=score_lists, s_out=score_lists)
+def test_aupr_equals_loop_property(s_in, s_out):
+    assert M.aupr_in_score(s_in, s_out) == pytest.approx(_average_precision_loop(s_in, s_out))
+    assert M.aupr_out_score(s_in, s_out) == pytest.approx(_average_precision_loop(-s_out, -s_in))
 
 
 # ------------------------------------------------------------------------------ retrieval
@@ -344,7 +353,7 @@ def test_modality_gap_hand_case():
 
 def test_shape_bias_hand_case():
     # Items 2 (shape 1 == texture 1) and 5 (5 == 5) are dropped, N = 4 remain:
-    # item 0: pred 0 = shape, item 1: pred 1 = shape, item 3: pred 3 = shape, item 4: pred 0 = texture
+    # items 0, 1, 3 are predicted as their shape (0, 1, 3); item 4 as its texture (0)
     got = M.shape_bias_score([0, 1, 2, 3, 0, 5], [0, 1, 1, 3, 4, 5], [1, 2, 1, 0, 0, 5])
     assert got == {"shape_bias": 0.75, "shape_fraction": 0.75, "texture_fraction": 0.25}
     # Strings work; a prediction matching neither lowers the fractions but not the bias.
@@ -429,7 +438,7 @@ def test_correspondence_recall_hand_case():
         1.0: 0.25, 2.0: 0.5, 5.5: 1.0}
 
 
-# ------------------------------------------------------------------------------ bad and degenerate input
+# ------------------------------------------------------------------------------ bad input
 
 DEGENERATE = {
     "top1_empty": lambda: M.top1_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=int)),
@@ -447,7 +456,8 @@ DEGENERATE = {
     "shape_bias_no_conflict": lambda: M.shape_bias_score([0, 1], [0, 1], [0, 1])["shape_bias"],
     "consistency_empty": lambda: M.consistency_rate([], []),
     "relative_top1_zero_clean": lambda: M.relative_accuracy(0.0, 0.0),
-    "correspondence_empty": lambda: M.correspondence_recall(np.zeros((0, 2)), np.zeros((0, 2)))[1.0],
+    "correspondence_empty": lambda: M.correspondence_recall(np.zeros((0, 2)),
+                                                            np.zeros((0, 2)))[1.0],
 }
 
 
@@ -490,7 +500,8 @@ def test_non_finite_input_names_the_argument(case, value):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: M.expected_calibration_error([0.2, 0.8], [1]), r"expected probs of shape \(N, C\), got \(2,\)"),
+    (lambda: M.expected_calibration_error([0.2, 0.8], [1]),
+     r"expected probs of shape \(N, C\), got \(2,\)"),
     (lambda: M.expected_calibration_error([[2.0, -1.0]], [0]), "Pass softmax"),
     (lambda: M.brier_score([[0.2, 0.7]], [0]), "sum to 1"),
     (lambda: M.top1_accuracy([[0.2, 0.8]], [2]), r"labels must lie in \[0, 2\)"),

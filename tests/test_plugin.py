@@ -70,7 +70,7 @@ def test_unmeetable_bound_fails_with_a_sentence(pytester, run_harness):
     assert result.ret == 1
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*robustness gate failed:*",
-                                 "*auroc=0.6* (95% CI 0.6*–0.6*) is below the bound 0.99 for m on synthetic under shift=0.5.*"])
+                                 "*auroc=0.6* (95% CI 0.*–0.*) is below the bound 0.99 for m on synthetic under shift=0.5.*"])
     assert "Traceback" not in result.stdout.str()
     _, rows = _rows(pytester)
     gated = [r for r in rows if r["gate"]]
@@ -120,7 +120,7 @@ def test_malformed_thresholds_file(pytester, run_harness):
     pytester.makefile(".toml", gates='[[thresholds]]\nproperty = "ood"\nmetric = "auroc"\nminimum = 0.9\n')
     result = run_harness("--model", RANDOM_MODEL, "--thresholds", "gates.toml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*gates.toml[0]: unknown threshold key(s) ['minimum']*"])
+    result.stderr.fnmatch_lines(["*gates.toml?0?: unknown threshold key(s) ?'minimum'?*"])
 
 
 def test_unknown_metric_name_is_an_error_with_suggestion(pytester, run_harness):

@@ -89,6 +89,10 @@ def test_bootstrap_ci_undefined_statistic_gives_nan_with_warning():
         assert all(math.isnan(v) for v in S.bootstrap_ci(auroc, scores, is_id, n_resamples=200))
     with pytest.warns(UndefinedMetricWarning, match="0 items"):
         S.bootstrap_ci(np.mean, np.zeros(0))
+    # A constant statistic has the point interval under percentile, and no BCa interval.
+    assert S.bootstrap_ci(np.mean, np.ones(20), n_resamples=100) == (1.0, 1.0)
+    with pytest.warns(UndefinedMetricWarning, match="method='percentile'"):
+        S.bootstrap_ci(np.mean, np.ones(20), n_resamples=100, method="BCa")
 
 
 @pytest.mark.parametrize("call, message", [

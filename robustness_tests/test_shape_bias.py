@@ -1,0 +1,65 @@
+"""Shape bias: on cue-conflict images (one class's shape, another class's texture), does the model
+decide by shape or by texture?
+
+``shape_bias = shape decisions / (shape + texture decisions)`` (model-vs-human's ``ShapeBias``):
+items whose shape class equals their texture class are left out, predictions matching neither
+class are ignored by the bias and only lower the two fractions. Recorded overall and per shape
+class (``class=NAME``), per classifier head: ``shape_bias`` (bootstrap CI over items),
+``shape_fraction`` and ``texture_fraction`` (Wilson CIs).
+
+World: the ``cue-conflict`` split; decisions are the argmax of the model's classifier over the ID
+classes. Real data: Geirhos et al.'s stimuli (``--data cue-conflict=PATH``, model-vs-human layout);
+decisions by 16-way prompts. Each row's ``extra["decision"]`` says which rule was used.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures.conditions import condition
+from fixtures.cue_conflict import DECISION_16_WAY, DECISION_WORLD, cue_conflict_dataset, texture_labels
+from fixtures.datasets import ImageDataset
+from fixtures.embed import classifier_logits, head_choices
+from fixtures.real_data import parametrize_real_sets
+from plugins.metrics import shape_bias_score
+
+pytestmark = pytest.mark.shape_bias
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_real_sets(metafunc, "real_set", ("cue-conflict",))
+
+
+def _shape_bias(pred: np.ndarray, shape: np.ndarray, texture: np.ndarray) -> float:
+    return shape_bias_score(pred, shape, texture, validate=False)["shape_bias"]
+
+
+def record_shape_bias(clip, dataset: ImageDataset, cache, record, template_sets, decision: str) -> None:
+    texture = texture_labels(dataset)  # (N,)
+    conflict = np.flatnonzero(texture != dataset.labels)  # same-class items say nothing about the bias
+    shape, texture = dataset.labels[conflict], texture[conflict]
+    extra = {"decision": decision, "dropped_same_class": int(len(dataset) - conflict.size),
+             "sample_keys": ["logits", "labels", "texture_labels"]}
+    for head, templates in head_choices(clip, dataset, template_sets):
+        logits = classifier_logits(clip, dataset, cache, templates=templates)[conflict]  # (N, C)
+        pred = logits.argmax(1)
+        samples = {"logits": logits, "labels": shape, "texture_labels": texture}
+        cells = [("", np.arange(shape.size))] + [
+            (name, np.flatnonzero(shape == c)) for c, name in enumerate(dataset.classnames) if np.any(shape == c)]
+        for cls, rows in cells:
+            cond = condition(**head, **({"class": cls} if cls else {}))
+            record.measure("shape_bias", _shape_bias, pred[rows], shape[rows], texture[rows], dataset=dataset.name,
+                           condition=cond, samples=samples, extra=extra)
+            record.proportion("shape_fraction", pred[rows] == shape[rows], dataset=dataset.name, condition=cond,
+                              samples=samples, extra=extra)
+            record.proportion("texture_fraction", pred[rows] == texture[rows], dataset=dataset.name, condition=cond,
+                              samples=samples, extra=extra)
+
+
+def test_shape_bias_world(clip, world, cache, record, rb_config):
+    record_shape_bias(clip, world("cue-conflict"), cache, record, rb_config.templates, DECISION_WORLD)
+
+
+def test_shape_bias_real(clip, cache, record, rb_config, real_set):
+    dataset = cue_conflict_dataset(real_set, rb_config.data[real_set]).head(rb_config.limit)
+    record_shape_bias(clip, dataset, cache, record, rb_config.templates, DECISION_16_WAY)
