@@ -418,7 +418,7 @@ def brier_score(probs: Any, labels: Any, *, validate: bool = True) -> float:
 
 
 def _nll_of_logits(z: np.ndarray, y: np.ndarray) -> float:
-    return float(-special.log_softmax(z, axis=1)[np.arange(y.size), y].mean())
+    return float(-special.log_softmax(z, axis=1)[np.arange(y.size), y].mean(dtype=np.float64))
 
 
 def fit_temperature(logits: Any, labels: Any, *, bounds: tuple[float, float] = (0.01, 100.0),
@@ -430,6 +430,8 @@ def fit_temperature(logits: Any, labels: Any, *, bounds: tuple[float, float] = (
     same relative precision over the whole range. The NLL is computed from logits with
     ``log_softmax``, so no probability clipping is involved. A warning says when the optimum
     lies on a bound (e.g. perfectly separable logits, where the NLL keeps falling as T -> 0).
+    The search works in the logits' own float precision (float32 logits stay float32: half the
+    time and memory on ImageNet-sized inputs) to a relative precision of 1e-4 in T.
 
     >>> logits = np.array([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
     >>> round(fit_temperature(logits, [0, 0, 1, 1]), 3)  # 3 of 4 right: T with sigmoid(2/T) = 0.75
@@ -441,10 +443,9 @@ def fit_temperature(logits: Any, labels: Any, *, bounds: tuple[float, float] = (
         raise ValueError(f"bounds must be (low, high) with 0 < low < high; got {bounds!r}")
     if y.size == 0:
         return _undefined("fit_temperature is undefined for 0 samples")
-    z = z.astype(np.float64)
-    res = minimize_scalar(lambda log_t: _nll_of_logits(z / np.exp(log_t), y),
+    res = minimize_scalar(lambda log_t: _nll_of_logits(z / z.dtype.type(np.exp(log_t)), y),
                           bounds=(math.log(lo), math.log(hi)), method="bounded",
-                          options={"xatol": 1e-6})
+                          options={"xatol": 1e-4})
     t = float(np.exp(res.x))
     if min(res.x - math.log(lo), math.log(hi) - res.x) < 1e-3:
         warnings.warn(f"fitted temperature T={t:.4g} lies on the search bound {bounds}; the NLL "

@@ -1,11 +1,12 @@
 """Shape bias: on cue-conflict images (one class's shape, another class's texture), does the model
 decide by shape or by texture?
 
-``shape_bias = shape decisions / (shape + texture decisions)`` (model-vs-human's ``ShapeBias``):
-items whose shape class equals their texture class are left out, predictions matching neither
-class are ignored by the bias and only lower the two fractions. Recorded overall and per shape
-class (``class=NAME``), per classifier head: ``shape_bias`` (bootstrap CI over items),
-``shape_fraction`` and ``texture_fraction`` (Wilson CIs).
+``shape_bias = shape decisions / (shape + texture decisions)`` (model-vs-human's ``ShapeBias``, as
+``plugins.metrics.shape_bias_score``): items whose shape class equals their texture class are left
+out, predictions matching neither class are ignored by the bias and only lower the two fractions.
+Recorded overall and per shape class (``class=NAME``), per classifier head, each with a Wilson CI:
+``shape_bias`` over the decided items (``n`` = shape + texture decisions), ``shape_fraction`` and
+``texture_fraction`` over all cue-conflict items.
 
 World: the ``cue-conflict`` split; decisions are the argmax of the model's classifier over the ID
 classes. Real data: Geirhos et al.'s stimuli (``--data cue-conflict=PATH``, model-vs-human layout);
@@ -21,17 +22,12 @@ from fixtures.cue_conflict import DECISION_16_WAY, DECISION_WORLD, cue_conflict_
 from fixtures.datasets import ImageDataset
 from fixtures.embed import classifier_logits, head_choices
 from fixtures.real_data import parametrize_real_sets
-from plugins.metrics import shape_bias_score
 
 pytestmark = pytest.mark.shape_bias
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize_real_sets(metafunc, "real_set", ("cue-conflict",))
-
-
-def _shape_bias(pred: np.ndarray, shape: np.ndarray, texture: np.ndarray) -> float:
-    return shape_bias_score(pred, shape, texture, validate=False)["shape_bias"]
 
 
 def record_shape_bias(clip, dataset: ImageDataset, cache, record, template_sets, decision: str) -> None:
@@ -48,12 +44,21 @@ def record_shape_bias(clip, dataset: ImageDataset, cache, record, template_sets,
             (name, np.flatnonzero(shape == c)) for c, name in enumerate(dataset.classnames) if np.any(shape == c)]
         for cls, rows in cells:
             cond = condition(**head, **({"class": cls} if cls else {}))
-            record.measure("shape_bias", _shape_bias, pred[rows], shape[rows], texture[rows], dataset=dataset.name,
-                           condition=cond, samples=samples, extra=extra)
-            record.proportion("shape_fraction", pred[rows] == shape[rows], dataset=dataset.name, condition=cond,
-                              samples=samples, extra=extra)
-            record.proportion("texture_fraction", pred[rows] == texture[rows], dataset=dataset.name, condition=cond,
-                              samples=samples, extra=extra)
+            by_shape, by_texture = pred[rows] == shape[rows], pred[rows] == texture[rows]
+            decided = by_shape | by_texture
+            cell_extra = {**extra, "decided": int(decided.sum())}
+            # shape_bias is the shape share of the decided items: a proportion, so its CI is Wilson's
+            # on those items (defined for any cell with a decision, unlike a bootstrap of the ratio)
+            if decided.any():
+                record.proportion("shape_bias", by_shape[decided], dataset=dataset.name, condition=cond,
+                                  samples=samples, extra=cell_extra)
+            else:
+                record("shape_bias", float("nan"), dataset=dataset.name, condition=cond, n=0, samples=samples,
+                       extra={**cell_extra, "reason": "no prediction matched the shape or the texture class"})
+            record.proportion("shape_fraction", by_shape, dataset=dataset.name, condition=cond, samples=samples,
+                              extra=cell_extra)
+            record.proportion("texture_fraction", by_texture, dataset=dataset.name, condition=cond, samples=samples,
+                              extra=cell_extra)
 
 
 def test_shape_bias_world(clip, world, cache, record, rb_config):

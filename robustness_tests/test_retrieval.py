@@ -1,0 +1,78 @@
+"""Image-text retrieval (bridging the modalities): Recall@1/5/10 in both directions, and the modality gap.
+
+On world captions (``fixtures.retrieval_data``: 5 captions per image, the canonical caption plus 4
+sampled training-style captions) and on COCO / Flickr30k (``--data coco=PATH`` /
+``--data flickr30k=PATH``: images plus Karpathy's split JSON, 5k / 1k test images):
+
+* clean: ``i2t_r1/5/10`` (an image query is correct if any of its captions is in its top K) and
+  ``t2i_r1/5/10`` (a caption query if its image is), and ``modality_gap``;
+* corrupted images (the captions clean): 2D families gaussian noise, motion blur, fog, JPEG and 3D
+  families near focus, fog 3D, z-motion blur (world only: they need depth), at severities 3 and 5;
+* perturbed captions (the images clean): paraphrase frames, synonym swaps, word-order shuffles,
+  attribute drops.
+
+CIs resample images with their captions (the gallery stays whole, so each query's outcome is
+fixed and the bootstrap averages per-image outcomes). Run size: the first 100 world test images
+(500 captions) by default; ``--limit N`` sets the number of images (of the world or real set).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures.conditions import condition
+from fixtures.corruptions2d import corruption_condition
+from fixtures.corruptions3d import corruption3d_condition, world_depth_source
+from fixtures.embed import image_embeddings, text_embeddings
+from fixtures.real_data import parametrize_real_sets
+from fixtures.retrieval_data import (KARPATHY_SETS, PERTURBATIONS, CaptionSet, karpathy_caption_set,
+                                     retrieval_hits, world_caption_set)
+from fixtures.world import FOV_DEG
+from plugins.metrics import modality_gap
+
+pytestmark = pytest.mark.retrieval
+
+DEFAULT_IMAGES = 100
+KS = (1, 5, 10)
+CORRUPTIONS_2D = ("gaussian_noise", "motion_blur", "fog", "jpeg_compression")
+CORRUPTIONS_3D = ("near_focus", "fog_3d", "z_motion_blur")
+SEVERITIES = (3, 5)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_real_sets(metafunc, "real_set", tuple(KARPATHY_SETS))
+
+
+def record_retrieval(clip, captions: CaptionSet, cache, record, cond: str, image_condition=None) -> None:
+    img = image_embeddings(clip, captions.images, cache, image_condition)  # (N, D)
+    txt = text_embeddings(clip, captions.captions, cache)  # (N * 5, D)
+    for metric, per_image in retrieval_hits(img, txt, captions.per_image, KS).items():
+        record.measure(metric, np.mean, per_image, dataset=captions.name, condition=cond)
+    by_image = txt.reshape(len(img), captions.per_image, -1)  # (N, 5, D)
+    record.measure("modality_gap", lambda i, t: modality_gap(i, t.reshape(-1, t.shape[-1]), validate=False),
+                   img, by_image, dataset=captions.name, condition=cond)
+
+
+def record_all(clip, captions: CaptionSet, cache, record, image_conditions: dict) -> None:
+    record_retrieval(clip, captions, cache, record, "")
+    for kind in PERTURBATIONS:
+        record_retrieval(clip, captions.perturbed(kind), cache, record, condition(captions=kind))
+    for cond, image_condition in image_conditions.items():
+        record_retrieval(clip, captions, cache, record, cond, image_condition)
+
+
+def test_retrieval_world(clip, world, cache, record, rb_config):
+    images = world("test").head(DEFAULT_IMAGES if rb_config.limit is None else None)
+    depth = world_depth_source(images)
+    conditions = {condition(corruption=f, severity=s): corruption_condition(f, s)
+                  for f in CORRUPTIONS_2D for s in SEVERITIES}
+    conditions.update({condition(corruption=f, severity=s): corruption3d_condition(f, s, depth, fov_deg=FOV_DEG)
+                       for f in CORRUPTIONS_3D for s in SEVERITIES})
+    record_all(clip, world_caption_set(images), cache, record, conditions)
+
+
+def test_retrieval_real(clip, cache, record, rb_config, real_set):
+    captions = karpathy_caption_set(real_set, rb_config.data[real_set]).head(rb_config.limit)
+    conditions = {condition(corruption=f, severity=s): corruption_condition(f, s)
+                  for f in CORRUPTIONS_2D for s in SEVERITIES}
+    record_all(clip, captions, cache, record, conditions)
