@@ -1078,13 +1078,22 @@ def _summary(rows: list[dict[str, Any]], props: list[str], models: list[str],
     return out
 
 
+def _comparison_of(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The baseline comparison of a row: its regression gate, or an ungated comparison in ``extra``."""
+    gate = row.get("gate") or {}
+    if gate.get("kind") == "regression":
+        return gate
+    comparison = (row.get("extra") or {}).get("comparison")
+    return {**comparison, "verdict": NO_GATE} if comparison else None
+
+
 def _regression_view(rows: list[dict[str, Any]], renderer: FigureRenderer) -> dict[str, Any] | None:
-    reg = sorted((r for r in rows if (r.get("gate") or {}).get("kind") == "regression"), key=_regression_rank)
+    reg = sorted((r for r in rows if _comparison_of(r)), key=_regression_rank)
     if not reg:
         return None
     table = []
     for r in reg:
-        g = r["gate"]
+        g = _comparison_of(r)
         delta = g.get("delta")
         table.append({
             "model": r["model"], "baseline": g.get("baseline_model") or r["model"], "property": r["property"],
@@ -1103,15 +1112,15 @@ def _regression_view(rows: list[dict[str, Any]], renderer: FigureRenderer) -> di
 
 
 def _regression_rank(row: dict[str, Any]) -> tuple[Any, ...]:
-    g = row["gate"]
+    g = _comparison_of(row)
     return VERDICT_RANK[g["verdict"]], row["model"], row["property"], row["dataset"], row["condition"], row["metric"]
 
 
 def _forest(fig: Any, rows: list[dict[str, Any]]) -> None:
     ax = fig.add_subplot()
-    colors = {"fail": "#c62828", "inconclusive": "#e0a800", "pass": "#2e7d32"}
+    colors = {"fail": "#c62828", "inconclusive": "#e0a800", "pass": "#2e7d32", NO_GATE: "#777777"}
     for i, r in enumerate(rows):
-        g = r["gate"]
+        g = _comparison_of(r)
         sign = -1.0 if higher_is_better(r["metric"], r) is False else 1.0  # plot "+ = better"
         delta = sign * _num(g.get("delta"))
         ci = sorted(sign * _num(c) for c in (g.get("ci") or (math.nan, math.nan)))

@@ -1,0 +1,167 @@
+"""Regression against a baseline run: the same metric cell, recomputed on the same samples.
+
+Every recorded row that has a counterpart in the ``--baseline`` report (same property, dataset,
+condition and metric; the model matched by name or ``--baseline-model``) gets a paired comparison
+in ``row["extra"]["comparison"]``: McNemar's exact test for top-1, a paired bootstrap of the metric
+for the rest (ID and OOD items resampled apart for OOD metrics). A *regression gate* is applied where
+a threshold rule gives a ``max_drop`` for the cell: it fails when the drop exceeds ``max_drop`` with
+the whole 95% CI of the difference beyond it, and is inconclusive when only the point estimate is.
+Gating only the cells a rule names keeps the run-level false-alarm rate under control: comparing
+hundreds of cells at 5% each would flag noise somewhere in every run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from plugins import metrics as M
+from plugins.config import Threshold
+from plugins.gates import FAIL, INCONCLUSIVE, PASS, describe_cell
+
+ROW_KEY_FIELDS = ("property", "dataset", "condition", "metric")
+
+
+def _probs_metric(fn: Callable[..., float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda logits, labels: fn(M.softmax(logits, validate=False), labels, validate=False)
+
+
+# metric -> (per-sample arrays it is recomputed from, statistic over those arrays)
+CLASSIFICATION = ("logits", "labels")
+OOD = ("scores_in", "scores_out")
+RECOMPUTE: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
+    "top1": (CLASSIFICATION, lambda logits, labels: float(np.mean(logits.argmax(1) == labels))),
+    "ece": (CLASSIFICATION, _probs_metric(M.expected_calibration_error)),
+    "aece": (CLASSIFICATION, _probs_metric(M.adaptive_calibration_error)),
+    "mce": (CLASSIFICATION, _probs_metric(M.max_calibration_error)),
+    "nll": (CLASSIFICATION, _probs_metric(M.negative_log_likelihood)),
+    "brier": (CLASSIFICATION, _probs_metric(M.brier_score)),
+    "auroc": (OOD, partial(M.ood_auroc_score, validate=False)),
+    "fpr95": (OOD, partial(M.fpr_at_tpr, validate=False)),
+    "aupr_in": (OOD, partial(M.aupr_in_score, validate=False)),
+    "aupr_out": (OOD, partial(M.aupr_out_score, validate=False)),
+}
+
+
+@dataclass
+class Baseline:
+    """A parsed baseline report: rows indexed by cell, per-sample files read on demand."""
+
+    path: Path
+    rows: dict[tuple, dict[str, Any]]
+    models: set[str]
+    model_map: dict[str, str] = field(default_factory=dict)  # candidate id -> baseline id
+
+    @classmethod
+    def load(cls, path: Path, model_map: dict[str, str]) -> "Baseline":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = {(r["model"], *(r[k] for k in ROW_KEY_FIELDS)): r for r in data["results"]}
+        return cls(Path(path), rows, {r["model"] for r in data["results"]}, model_map)
+
+    def counterpart(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        model = self.model_map.get(row["model"], row["model"])
+        return self.rows.get((model, *(row[k] for k in ROW_KEY_FIELDS)))
+
+    def samples(self, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
+        if not row.get("samples"):
+            return None
+        path = self.path.parent / row["samples"]
+        try:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--baseline {self.path}: per-sample file {path} of the baseline cannot be read "
+                             f"({err}); copy the baseline's samples/ folder next to its robustness.json") from None
+
+
+def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
+                           cand: tuple[np.ndarray, np.ndarray], base: tuple[np.ndarray, np.ndarray], *,
+                           n_resamples: int = 1000, seed: int = 0,
+                           higher_is_better: bool = True) -> tuple[float, tuple[float, float], float]:
+    """Paired bootstrap of ``statistic(a, b)`` (candidate minus baseline) for two-group metrics.
+
+    ID items and OOD items are resampled apart (stratified, as for the metric's own CI) and the same
+    indices go to candidate and baseline. Written here because ``scipy.stats.bootstrap`` pairs one
+    item axis only. Returns ``(delta, (lo, hi), one-sided p-value for a drop)``.
+    """
+    rng = np.random.default_rng(seed)
+    n_a, n_b = len(cand[0]), len(cand[1])
+    delta = statistic(*cand) - statistic(*base)
+    deltas = np.empty(n_resamples)
+    for r in range(n_resamples):
+        ia, ib = rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)
+        deltas[r] = statistic(cand[0][ia], cand[1][ib]) - statistic(base[0][ia], base[1][ib])
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    not_worse = deltas >= 0 if higher_is_better else deltas <= 0
+    return float(delta), (float(lo), float(hi)), (1 + int(not_worse.sum())) / (1 + n_resamples)
+
+
+def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row: dict[str, Any],
+            base_samples: dict[str, np.ndarray] | None, *, seed: int) -> dict[str, Any]:
+    """Paired comparison of one cell: delta (candidate - baseline), its 95% CI and a one-sided p-value."""
+    from plugins.stats import mcnemar_test, paired_bootstrap_delta
+
+    higher = bool(row["higher_is_better"])
+    out: dict[str, Any] = {"baseline_model": base_row["model"], "baseline_value": base_row["value"],
+                           "value": row["value"]}
+    recipe = RECOMPUTE.get(row["metric"])
+    paired = recipe is not None and samples is not None and base_samples is not None and \
+        all(k in samples and k in base_samples for k in recipe[0]) and \
+        all(samples[k].shape[0] == base_samples[k].shape[0] for k in recipe[0])
+    if paired and recipe[0] == CLASSIFICATION:
+        paired = bool(np.array_equal(samples["labels"], base_samples["labels"]))
+    if not paired:
+        # No aligned per-sample outputs: compare the two values with their CIs as independent estimates.
+        delta = row["value"] - base_row["value"]
+        se = [(c[1] - c[0]) / (2 * 1.96) for c in (row.get("ci"), base_row.get("ci")) if c and None not in c]
+        half = 1.96 * math.sqrt(sum(s * s for s in se)) if len(se) == 2 else math.nan
+        out.update(method="unpaired (no aligned per-sample outputs)", delta=delta,
+                   ci=[delta - half, delta + half], p_value=None)
+        return out
+    keys, statistic = recipe
+    cand, base = tuple(samples[k] for k in keys), tuple(base_samples[k] for k in keys)
+    if row["metric"] == "top1":
+        correct_c, correct_b = cand[0].argmax(1) == cand[1], base[0].argmax(1) == base[1]
+        delta, p = mcnemar_test(correct_c, correct_b, alternative="less")
+        _, ci, _ = paired_bootstrap_delta(np.mean, (correct_c,), (correct_b,), seed=seed)
+        out.update(method="McNemar exact (p) + paired bootstrap (CI)", delta=delta, ci=list(ci), p_value=p)
+    elif keys == OOD:
+        delta, ci, p = paired_two_group_delta(statistic, cand, base, seed=seed, higher_is_better=higher)
+        out.update(method="paired stratified bootstrap", delta=delta, ci=list(ci), p_value=p)
+    else:
+        delta, ci, p = paired_bootstrap_delta(statistic, cand, base, seed=seed, higher_is_better=higher)
+        out.update(method="paired bootstrap", delta=delta, ci=list(ci), p_value=p)
+    return out
+
+
+def regression_verdict(row: dict[str, Any], comparison: dict[str, Any], rule: Threshold) -> dict[str, Any]:
+    """Gate a comparison with the rule's ``max_drop`` (in metric units, in the metric's bad direction)."""
+    sign = 1.0 if row["higher_is_better"] else -1.0
+    drop = -sign * comparison["delta"]  # > 0 means worse
+    lo, hi = comparison["ci"]
+    drops = sorted((-sign * lo, -sign * hi))  # CI of the drop
+    tol = float(rule.max_drop)
+    if any(math.isnan(x) for x in drops):
+        verdict = FAIL if drop > tol else PASS
+    else:
+        verdict = FAIL if drops[0] > tol else INCONCLUSIVE if drop > tol else PASS
+    p = comparison.get("p_value")
+    p_text = f", p={p:.3g}" if p is not None else ""
+    change = f"{row['metric']} {comparison['baseline_value']:.4g} -> {row['value']:.4g} " \
+             f"(Δ={comparison['delta']:+.4g}, 95% CI {lo:+.4g}…{hi:+.4g}{p_text}) vs baseline " \
+             f"{comparison['baseline_model']}"
+    if verdict == FAIL:
+        message = f"{change} drops by more than the tolerance {tol:.4g} {describe_cell(row)}."
+    elif verdict == INCONCLUSIVE:
+        message = f"{change} may drop by more than the tolerance {tol:.4g} {describe_cell(row)}: the CI cannot tell."
+    else:
+        message = f"{change} stays within the tolerance {tol:.4g} {describe_cell(row)}."
+    if rule.reason:
+        message += f" ({rule.reason})"
+    return {"kind": "regression", "verdict": verdict, "max_drop": tol, "message": message, "rule": rule.origin,
+            **{k: comparison[k] for k in ("baseline_model", "baseline_value", "delta", "ci", "p_value", "method")}}
