@@ -129,11 +129,13 @@ class RunConfig:
     strict: bool = False  # inconclusive gates fail the run
     templates: tuple[str, ...] = ("openai", "single")  # template sets for the prompt factor
     cache_dir: Path | None = None  # embedding cache location; None disables it
+    baseline_models: dict[str, str] = field(default_factory=dict)  # run model id -> baseline model id
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["models"] = [m.raw or m.id for m in self.models]
         out["data"] = {k: str(v) for k, v in self.data.items()}
+        out["baseline_models"] = dict(self.baseline_models)
         out["thresholds"] = [asdict(t) for t in self.thresholds]
         for key in ("baseline", "report_dir", "cache_dir"):
             out[key] = None if out[key] is None else str(out[key])
@@ -155,7 +157,8 @@ def default_model_specs() -> tuple[ModelSpec, ...]:
 
 def build_config(*, models: list[str], data: list[str], thresholds: str | None, baseline: str | None,
                  report_dir: str, limit: int | None, seed: int, device: str, strict: bool,
-                 templates: list[str], cache_dir: Path | None, rootdir: Path) -> RunConfig:
+                 templates: list[str], cache_dir: Path | None, rootdir: Path,
+                 baseline_models: list[str] | None = None) -> RunConfig:
     """Merge the three layers and validate every value."""
     project = load_pyproject(rootdir)
     try:
@@ -183,6 +186,7 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
     if baseline:
         base = Path(baseline)
         _check_baseline(base)
+    model_map = _baseline_model_map(baseline_models or [], specs, base)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: must be a positive number of samples per dataset")
     if not re.fullmatch(r"cpu|cuda|cuda:\d+|auto", device):
@@ -198,8 +202,32 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
     return RunConfig(
         models=specs, data=data_map, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
         limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
-        templates=template_sets, cache_dir=cache_dir,
+        templates=template_sets, cache_dir=cache_dir, baseline_models=model_map,
     )
+
+
+def _baseline_model_map(items: list[str], specs: tuple[ModelSpec, ...], baseline: Path | None) -> dict[str, str]:
+    """``--baseline-model [MODEL=]BASELINE`` -> {run model id: baseline model id}."""
+    if items and baseline is None:
+        raise ConfigError("--baseline-model needs --baseline PATH (the report that holds that model)")
+    mapping: dict[str, str] = {}
+    ids = [s.id for s in specs]
+    for item in items:
+        model, sep, base = item.rpartition("=") if "=" in item else ("", "", item)
+        if not sep:
+            if len(ids) != 1:
+                raise ConfigError(f"--baseline-model {item!r}: the run has {len(ids)} models; "
+                                  "say which one it is for: --baseline-model MODEL=BASELINE_MODEL")
+            model = ids[0]
+        if model not in ids:
+            raise ConfigError(f"--baseline-model {item!r}: {model!r} is not a model of this run ({', '.join(ids)})")
+        mapping[model] = base
+    if baseline is not None:
+        known = {r.get("model") for r in json.loads(baseline.read_text(encoding="utf-8"))["results"]}
+        missing = sorted(set(mapping.values()) - known)
+        if missing:
+            raise ConfigError(f"--baseline-model: {missing} not found in {baseline}; it has {sorted(known)}")
+    return mapping
 
 
 def _check_baseline(path: Path) -> None:

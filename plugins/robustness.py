@@ -49,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="TOML/JSON file of gate rules ([[thresholds]]); overrides [tool.robustness] rules")
     group.addoption("--baseline", dest="rb_baseline", metavar="PATH",
                     help="robustness.json of an earlier run to compare against (paired regression gates)")
+    group.addoption("--baseline-model", action="append", default=[], dest="rb_baseline_models",
+                    metavar="[MODEL=]BASELINE_MODEL",
+                    help="baseline model to compare a (renamed) model with; plain NAME when the run has one model")
     group.addoption("--report-dir", dest="rb_report_dir", default="reports", metavar="DIR",
                     help="where robustness.json, robustness.html and samples/ are written (default: reports)")
     group.addoption("--limit", dest="rb_limit", type=int, default=None, metavar="N",
@@ -77,6 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
             seed=config.getoption("rb_seed"), device=config.getoption("rb_device"),
             strict=config.getoption("rb_strict") or bool(config.getoption("strict", False)), templates=config.getoption("rb_templates"),
             cache_dir=_cache_dir(config), rootdir=config.rootpath,
+            baseline_models=config.getoption("rb_baseline_models"),
         )
         if not hasattr(config, "workerinput"):  # check names once, on the controller
             from fixtures.models import check_model_spec
@@ -148,20 +152,35 @@ def property_of(item: pytest.Item) -> str:
     )
 
 
-def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any]) -> None:
-    """Attach the bound verdict to ``row`` and remember failures for the end of the test."""
+def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any],
+             comparison: dict[str, Any] | None = None) -> None:
+    """Attach the bound (and, with a baseline, regression) verdicts to ``row``; failures are raised
+    at the end of the test so every metric of the test is recorded first."""
     from plugins.gates import FAIL, INCONCLUSIVE, InconclusiveGateWarning, bound_verdict, select_threshold
 
     rb = config.stash[RB_CONFIG]
+    gates = []
     rule = config.hook.pytest_robustness_threshold(config=config, row=row) or select_threshold(rb.thresholds, row)
-    if rule is None:
+    if rule is not None and (rule.min is not None or rule.max is not None):
+        gates.append(bound_verdict(row, rule))
+    if comparison is not None:
+        row["extra"]["comparison"] = comparison
+        drop_rule = select_threshold(rb.thresholds, row, kind="regression")
+        if drop_rule is not None:
+            from plugins.regression import regression_verdict
+
+            gates.append(regression_verdict(row, comparison, drop_rule))
+    if not gates:
         return
-    row["gate"] = bound_verdict(row, rule)
-    verdict = row["gate"]["verdict"]
-    if verdict == FAIL or (verdict == INCONCLUSIVE and rb.strict):
-        item.stash.setdefault(GATE_FAILURES, []).append(row["gate"]["message"])
-    elif verdict == INCONCLUSIVE:
-        warnings.warn(InconclusiveGateWarning(row["gate"]["message"]), stacklevel=2)
+    order = {FAIL: 0, INCONCLUSIVE: 1}
+    row["gate"] = min(gates, key=lambda g: order.get(g["verdict"], 2))  # the worst verdict speaks for the row
+    if len(gates) > 1:
+        row["extra"]["gates"] = gates
+    for gate in gates:
+        if gate["verdict"] == FAIL or (gate["verdict"] == INCONCLUSIVE and rb.strict):
+            item.stash.setdefault(GATE_FAILURES, []).append(gate["message"])
+        elif gate["verdict"] == INCONCLUSIVE:
+            warnings.warn(InconclusiveGateWarning(gate["message"]), stacklevel=2)
 
 
 def ship_row(item: pytest.Item, row: dict[str, Any]) -> None:

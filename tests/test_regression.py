@@ -1,0 +1,132 @@
+"""Regression gates against a baseline report: paired comparisons, verdicts, false alarms, end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from plugins.config import Threshold
+from plugins.regression import compare, paired_two_group_delta, regression_verdict
+from plugins.metrics import ood_auroc_score
+from tests.conftest import RANDOM_MODEL
+
+
+def _cls_row(logits, labels, metric="top1"):
+    value = float(np.mean(logits.argmax(1) == labels))
+    return {"property": "accuracy", "model": "m", "dataset": "d", "condition": "", "metric": metric,
+            "value": value, "ci": None, "higher_is_better": True}
+
+
+def _logits_with_accuracy(correct: np.ndarray, n_classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, correct.size)
+    wrong = (labels + 1 + rng.integers(0, n_classes - 1, correct.size)) % n_classes
+    pred = np.where(correct, labels, wrong)
+    logits = rng.normal(0, 0.1, (correct.size, n_classes))
+    logits[np.arange(correct.size), pred] += 3
+    return logits.astype(np.float32), labels
+
+
+def _gate(base_correct, cand_correct, max_drop, seed=0):
+    lb, labels = _logits_with_accuracy(base_correct)
+    lc, labels_c = _logits_with_accuracy(cand_correct)
+    assert np.array_equal(labels, labels_c)  # same seed: same labels
+    cand_row, base_row = _cls_row(lc, labels), _cls_row(lb, labels)
+    comparison = compare(cand_row, {"logits": lc, "labels": labels}, base_row, {"logits": lb, "labels": labels},
+                         seed=seed)
+    return comparison, regression_verdict(cand_row, comparison, Threshold("accuracy", "top1", max_drop=max_drop))
+
+
+def test_identical_outputs_pass_with_zero_delta():
+    correct = np.random.default_rng(1).random(500) < 0.8
+    comparison, gate = _gate(correct, correct, 0.0)
+    assert comparison["delta"] == 0 and comparison["p_value"] == 1.0 and gate["verdict"] == "pass"
+
+
+def test_planted_drop_fails_and_small_drop_within_tolerance_passes():
+    rng = np.random.default_rng(2)
+    base = rng.random(1000) < 0.85
+    cand = base & (rng.random(1000) > 0.10)  # ~8.5 points lost
+    comparison, gate = _gate(base, cand, 0.02)
+    assert comparison["delta"] == pytest.approx(cand.mean() - base.mean())
+    assert gate["verdict"] == "fail" and comparison["p_value"] < 1e-6
+    assert "drops by more than the tolerance 0.02" in gate["message"]
+    _, lenient = _gate(base, cand, 0.2)
+    assert lenient["verdict"] == "pass"
+
+
+def test_false_alarm_rate_under_the_null_is_at_most_5_percent():
+    """Candidate and baseline equally accurate, predictions differing on ~6% of items in both
+    directions (a re-trained or re-seeded model): at the default tolerance the gate must rarely fire."""
+    rng = np.random.default_rng(3)
+    fails = 0
+    trials = 200
+    for t in range(trials):
+        base = rng.random(1000) < 0.85
+        flip = rng.random(1000) < 0.06
+        cand = np.where(flip, rng.random(1000) < 0.85, base)  # same accuracy in expectation
+        _, gate = _gate(base, cand, 0.01, seed=t)
+        fails += gate["verdict"] == "fail"
+    assert fails / trials <= 0.05
+
+
+def test_ood_paired_delta_matches_metric_difference():
+    rng = np.random.default_rng(4)
+    s_in, s_out = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    worse_in = s_in - rng.normal(0.5, 0.2, 300)
+    delta, (lo, hi), p = paired_two_group_delta(ood_auroc_score, (worse_in, s_out), (s_in, s_out), n_resamples=300)
+    assert delta == pytest.approx(ood_auroc_score(worse_in, s_out) - ood_auroc_score(s_in, s_out))
+    assert lo <= delta <= hi < 0 and p < 0.01
+
+
+def test_unpaired_fallback_uses_both_cis():
+    row = {"metric": "shape_bias", "value": 0.6, "ci": [0.55, 0.65], "higher_is_better": True}
+    base = {"model": "b", "metric": "shape_bias", "value": 0.7, "ci": [0.65, 0.75]}
+    comparison = compare(row, None, base, None, seed=0)
+    assert comparison["method"].startswith("unpaired") and comparison["delta"] == pytest.approx(-0.1)
+    lo, hi = comparison["ci"]
+    assert lo < -0.1 < hi and hi < 0
+
+
+RECORDING = '''
+import os
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.accuracy
+
+def test_top1(record):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 800)
+    logits = rng.normal(0, 1, (800, 5)).astype(np.float32)
+    logits[np.arange(800), labels] += float(os.environ.get("QUALITY", "3"))
+    correct = logits.argmax(1) == labels
+    record.proportion("top1", correct, dataset="d", model=os.environ.get("MODEL", "m"),
+                      samples={"logits": logits, "labels": labels})
+'''
+
+
+def test_baseline_end_to_end(pytester, run_harness, monkeypatch):
+    pytester.makepyfile(test_acc=RECORDING)
+    pytester.makefile(".toml", gates='[[thresholds]]\nproperty="accuracy"\nmetric="top1"\nmax_drop=0.01\n')
+    run_harness("--model", RANDOM_MODEL).assert_outcomes(passed=1)
+    baseline = pytester.path / "baseline.json"
+    (pytester.path / "reports" / "robustness.json").rename(baseline)
+    (pytester.path / "reports" / "samples").rename(pytester.path / "samples")  # keep the baseline's samples beside it
+
+    same = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--thresholds", "gates.toml")
+    same.assert_outcomes(passed=1)
+    row = json.loads((pytester.path / "reports" / "robustness.json").read_text())["results"][0]
+    assert row["gate"]["kind"] == "regression" and row["gate"]["verdict"] == "pass" and row["gate"]["delta"] == 0
+
+    monkeypatch.setenv("QUALITY", "1")  # a worse model on the same items
+    worse = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--thresholds", "gates.toml")
+    assert worse.ret == 1
+    worse.stdout.fnmatch_lines(["*top1 0.9* -> 0.* (Δ=-0.*) vs baseline m drops by more than the tolerance 0.01*"])
+
+    monkeypatch.setenv("MODEL", "renamed")
+    renamed = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--baseline-model", "renamed=m",
+                          "--thresholds", "gates.toml")
+    assert renamed.ret == pytest.ExitCode.USAGE_ERROR  # 'renamed' is not a model of the run
+    renamed.stderr.fnmatch_lines(["*--baseline-model 'renamed=m': 'renamed' is not a model of this run*"])
