@@ -29,6 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from fixtures import imagenet_x
 from fixtures.conditions import condition
@@ -40,7 +41,6 @@ from fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, e
 from fixtures.real_data import classification_dataset, parametrize_real_sets
 from fixtures.world import render_batch
 from plugins.metrics import UndefinedMetricWarning, error_ratio
-from plugins.stats import bootstrap_ci
 
 pytestmark = pytest.mark.factor
 
@@ -114,30 +114,53 @@ def _primary_correct(model, suite: FactorSuite, cache, templates) -> tuple[dict,
     return head, correct(suite.canonical), per_factor
 
 
+def bootstrap_ci_vector(statistic, *arrays: np.ndarray, seed: int, n_resamples: int = 1000,
+                        confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap intervals ``(lo (K,), hi (K,))`` of a statistic returning K values, items
+    resampled jointly across ``arrays`` as in ``plugins.stats.bootstrap_ci`` (which returns one
+    interval): one resampling serves all K entries, e.g. every model's effective robustness under the
+    same refitted line. Entries undefined on some resample get a nan interval and a warning."""
+    n = len(arrays[0])
+    batch = max(1, min(n_resamples, (1 << 22) // max(n, 1)))  # bounds the (batch, n) index matrix
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant entries: the interval is a point
+        res = stats.bootstrap((np.arange(n),), lambda i: np.asarray(statistic(*(a[i] for a in arrays)), float),
+                              n_resamples=n_resamples, batch=batch, vectorized=False, confidence_level=confidence,
+                              method="percentile", rng=np.random.default_rng(seed))
+    lo, hi = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in res.confidence_interval)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    if bad.any():
+        warnings.warn(f"bootstrap interval undefined for {int(bad.sum())} of {bad.size} entries (some resamples "
+                      "gave a non-finite statistic)", UndefinedMetricWarning, stacklevel=2)
+        lo[bad], hi[bad] = np.nan, np.nan
+    return lo, hi
+
+
 def _record_effective_robustness(record, models, heads: list[str], id_correct: np.ndarray,
                                  factor_items: dict[str, tuple[np.ndarray, np.ndarray]], *, dataset: str,
                                  id_name: str, seed: int) -> None:
     """One row per (model, factor). ``id_correct`` (N, M) is per-item correctness of the M models on
     the ID items; ``factor_items[f] = (correct (N, M), weights (N,))`` on the same N items (weights:
     which items count for the factor). The CI resamples items jointly for all models and refits."""
-    n_id = np.ones(len(id_correct))
+    every = np.ones(len(id_correct))
+
+    def statistic(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+        acc_b = weighted_accuracy(b, w)  # (M,)
+        if np.isnan(acc_b).any():
+            return np.full(len(models), np.nan)
+        return effective_robustness_all(a.mean(0), acc_b, validate=False)[0]  # (M,)
+
     for factor, (fac, weights) in factor_items.items():
-        id_acc, fac_acc = weighted_accuracy(id_correct, n_id), weighted_accuracy(fac, weights)  # (M,), (M,)
-        if np.isnan(fac_acc).any():
-            er, fit = np.full(len(models), np.nan), None
+        id_acc, fac_acc = weighted_accuracy(id_correct, every), weighted_accuracy(fac, weights)  # (M,), (M,)
+        if np.isnan(fac_acc).any():  # no item shows the factor (a --limit subset of ImageNet-X)
+            er, fit, cis = np.full(len(models), np.nan), None, [None] * len(models)
         else:
             er, fit = effective_robustness_all(id_acc, fac_acc)
-
-        for m, model in enumerate(models):
-            def statistic(a: np.ndarray, b: np.ndarray, w: np.ndarray, m: int = m) -> float:
-                acc_b = weighted_accuracy(b, w)
-                if np.isnan(acc_b).any():
-                    return float("nan")
-                return float(effective_robustness_all(a.mean(0), acc_b, validate=False)[0][m])
-
             with undefined_cis_warn():
-                ci = bootstrap_ci(statistic, id_correct, fac, weights, seed=seed) if fit is not None else None
-            record("effective_robustness", er[m], dataset=dataset, condition=condition(factor=factor), ci=ci,
+                cis = list(zip(*bootstrap_ci_vector(statistic, id_correct, fac, weights, seed=seed)))
+        for m, model in enumerate(models):
+            record("effective_robustness", er[m], dataset=dataset, condition=condition(factor=factor), ci=cis[m],
                    n=int(np.count_nonzero(weights)), model=model.id,
                    extra={"head": heads[m], "id_set": id_name, "id_accuracy": float(id_acc[m]),
                           "factor_accuracy": float(fac_acc[m]), "fit": None if fit is None else {

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fixtures.world import (ALL_CLASSES, BACKGROUNDS, CLASS_TEXTURE, COLORS, FACTORS, FIELDS, HELDOUT_CLASSES,
-                            ID_CLASSES, LIGHT_COLORS, OCCLUDERS, PATTERNS, SPLITS, STYLES, Extra, SceneSpec,
+from fixtures.world import (ALL_CLASSES, CLASS_TEXTURE, COLORS, FACTORS, FIELDS, HELDOUT_CLASSES,
+                            ID_CLASSES, LIGHT_COLORS, OCCLUDERS, PATTERNS, SPLITS, STYLES, SceneSpec,
                             captions, correspondences, object_placements, project, render, render_batch,
                             render_views, sample_specs, sdf)
 from fixtures.world.cli import main as cli_main
-from fixtures.world.render import FLOOR_Y, camera_frames
+from fixtures.world.renderer import FLOOR_Y, camera_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=20, deadline=None, derandomize=True,
@@ -132,6 +132,9 @@ def test_render_equals_batch_item_regardless_of_batch() -> None:
     np.testing.assert_array_equal(one[0][0], rgb[3])
     per_item, _ = render_batch(specs[:2], seed=[4, 9])
     np.testing.assert_array_equal(per_item[1], render(specs[1], seed=9).rgb)
+    many = specs * 6  # split across two threads: same pixels as one thread
+    for x, y in zip(render_batch(many, size=16, threads=2), render_batch(many, size=16, threads=1)):
+        np.testing.assert_array_equal(x, y)
     with pytest.raises(TypeError, match="sequence of SceneSpec"):
         render_batch(specs[0])
     with pytest.raises(ValueError, match="size"):
@@ -239,8 +242,8 @@ def _min_sdf_on_segments(spec: SceneSpec, start: np.ndarray, ends: np.ndarray, n
 def test_multiview_correspondences() -> None:
     spec = SceneSpec(shape="torus", size=1.2, pattern="checker", background="checkered", pose=(0.0, 60.0, 0.0),
                      camera=(20.0, 25.0, 4.3), occluder="post", occluder_offset=-0.3)
-    a, b = render_views(spec, [(20.0, 25.0, 4.3), (75.0, 40.0, 4.8)], size=64)
-    assert a.camera == spec.camera and b.camera == (75.0, 40.0, 4.8)
+    a, b = render_views(spec, [(20.0, 25.0, 4.3), (140.0, 30.0, 4.8)], size=64)
+    assert a.camera == spec.camera and b.camera == (140.0, 30.0, 4.8)
     np.testing.assert_array_equal(a.rgb, render(spec).rgb)  # the reference view is the ordinary render
     pa, pb = correspondences(a, b, max_points=None)
     assert len(pa) > 100
@@ -266,7 +269,9 @@ def test_multiview_correspondences() -> None:
     ray = (p3b - cam_b) / np.linalg.norm(p3b - cam_b, axis=1, keepdims=True)
     footprint = b.depth[ib[:, 1], ib[:, 0]] * 2 * np.tan(np.radians(20)) / 64
     err = np.linalg.norm(p3a - p3b, axis=1)
-    assert np.mean(err <= 0.75 * footprint / np.maximum(np.abs((ray * nb).sum(1)), 0.25) + 1e-3) > 0.95
+    # (rounding to b's pixel grid moves <= 0.71 px, i.e. <= 0.71 footprint / cos(incidence) on the surface)
+    # (a few silhouette pixels round onto a neighbouring part of the surface)
+    assert np.mean(err <= footprint / np.maximum(np.abs((ray * nb).sum(1)), 0.1) + 1e-3) > 0.95
     assert err.max() < 0.25  # never a point of another surface
     sub_a, sub_b = correspondences(a, b, max_points=50, rng=np.random.default_rng(1))
     assert len(sub_a) == 50 and set(map(tuple, sub_a)) <= set(map(tuple, pa))
