@@ -13,10 +13,11 @@ factor's renders (pooled over its values) minus what a probit-axis line fitted a
 models predicts from their canonical accuracy (accuracy on the line, Taori et al. 2020); the CI
 resamples scenes jointly for every model and refits the line each time.
 
-Counterexamples: for the first correctly classified canonical scenes, hypothesis searches each
-factor (and all factors at once, ``factor=combined``) for a change that flips the prediction and
-shrinks it to a minimal change (``fixtures.counterexamples``); ``flip_rate`` is the fraction of
-searched scenes with a counterexample, whose images and predictions go to the row's samples.
+Counterexamples (with the run's first head): for the first correctly classified canonical scenes,
+hypothesis searches each factor (and all factors at once, ``factor=combined``) for a change that
+flips the prediction and shrinks it to a minimal change (``fixtures.counterexamples``);
+``flip_rate`` is the fraction of searched scenes with a counterexample (within the search budget),
+whose images and predictions go to the row's samples.
 
 Real data: ImageNet-X (``--data imagenet=PATH`` plus the ``imagenet-x`` package's annotations or
 ``--data imagenet-x=PATH``): per-factor ``top1`` and ``error_ratio`` for the 16 factors, and their
@@ -29,15 +30,14 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from fixtures import imagenet_x
 from fixtures.conditions import condition
-from fixtures.counterexamples import MAX_EXAMPLES, search_counterexample
+from fixtures.counterexamples import MAX_EXAMPLES, model_predictor, search_counterexample, single_thread
 from fixtures.datasets import DatasetError
-from fixtures.embed import class_head, classifier_logits, head_choices, head_kind_for
-from fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, effective_robustness_all,
-                              factor_suite, weighted_accuracy)
+from fixtures.embed import classifier_logits, head_choices
+from fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, factor_effective_robustness,
+                              factor_suite)
 from fixtures.real_data import classification_dataset, parametrize_real_sets
 from fixtures.world import render_batch
 from plugins.metrics import UndefinedMetricWarning, error_ratio
@@ -114,58 +114,22 @@ def _primary_correct(model, suite: FactorSuite, cache, templates) -> tuple[dict,
     return head, correct(suite.canonical), per_factor
 
 
-def bootstrap_ci_vector(statistic, *arrays: np.ndarray, seed: int, n_resamples: int = 1000,
-                        confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap intervals ``(lo (K,), hi (K,))`` of a statistic returning K values, items
-    resampled jointly across ``arrays`` as in ``plugins.stats.bootstrap_ci`` (which returns one
-    interval): one resampling serves all K entries, e.g. every model's effective robustness under the
-    same refitted line. Entries undefined on some resample get a nan interval and a warning."""
-    n = len(arrays[0])
-    batch = max(1, min(n_resamples, (1 << 22) // max(n, 1)))  # bounds the (batch, n) index matrix
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant entries: the interval is a point
-        res = stats.bootstrap((np.arange(n),), lambda i: np.asarray(statistic(*(a[i] for a in arrays)), float),
-                              n_resamples=n_resamples, batch=batch, vectorized=False, confidence_level=confidence,
-                              method="percentile", rng=np.random.default_rng(seed))
-    lo, hi = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in res.confidence_interval)
-    bad = ~(np.isfinite(lo) & np.isfinite(hi))
-    if bad.any():
-        warnings.warn(f"bootstrap interval undefined for {int(bad.sum())} of {bad.size} entries (some resamples "
-                      "gave a non-finite statistic)", UndefinedMetricWarning, stacklevel=2)
-        lo[bad], hi[bad] = np.nan, np.nan
-    return lo, hi
-
-
 def _record_effective_robustness(record, models, heads: list[str], id_correct: np.ndarray,
                                  factor_items: dict[str, tuple[np.ndarray, np.ndarray]], *, dataset: str,
                                  id_name: str, seed: int) -> None:
-    """One row per (model, factor). ``id_correct`` (N, M) is per-item correctness of the M models on
-    the ID items; ``factor_items[f] = (correct (N, M), weights (N,))`` on the same N items (weights:
-    which items count for the factor). The CI resamples items jointly for all models and refits."""
-    every = np.ones(len(id_correct))
-
-    def statistic(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
-        acc_b = weighted_accuracy(b, w)  # (M,)
-        if np.isnan(acc_b).any():
-            return np.full(len(models), np.nan)
-        return effective_robustness_all(a.mean(0), acc_b, validate=False)[0]  # (M,)
-
+    """One row per (model, factor); ``factor_items[f] = (correct (N, M), weights (N,))``, see
+    ``fixtures.factors.factor_effective_robustness``."""
     for factor, (fac, weights) in factor_items.items():
-        id_acc, fac_acc = weighted_accuracy(id_correct, every), weighted_accuracy(fac, weights)  # (M,), (M,)
-        if np.isnan(fac_acc).any():  # no item shows the factor (a --limit subset of ImageNet-X)
-            er, fit, cis = np.full(len(models), np.nan), None, [None] * len(models)
-        else:
-            er, fit = effective_robustness_all(id_acc, fac_acc)
-            with undefined_cis_warn():
-                cis = list(zip(*bootstrap_ci_vector(statistic, id_correct, fac, weights, seed=seed)))
+        with undefined_cis_warn():
+            res = factor_effective_robustness(id_correct, fac, weights, seed=seed)
+        fit = None if res.fit is None else {"transform": res.fit.transform, "slope": res.fit.slope,
+                                            "intercept": res.fit.intercept, "models": [x.id for x in models]}
         for m, model in enumerate(models):
-            record("effective_robustness", er[m], dataset=dataset, condition=condition(factor=factor), ci=cis[m],
+            ci = None if res.fit is None else (res.lo[m], res.hi[m])
+            record("effective_robustness", res.value[m], dataset=dataset, condition=condition(factor=factor), ci=ci,
                    n=int(np.count_nonzero(weights)), model=model.id,
-                   extra={"head": heads[m], "id_set": id_name, "id_accuracy": float(id_acc[m]),
-                          "factor_accuracy": float(fac_acc[m]), "fit": None if fit is None else {
-                              "transform": fit.transform, "slope": fit.slope, "intercept": fit.intercept,
-                              "models": [x.id for x in models]}})
+                   extra={"head": heads[m], "id_set": id_name, "id_accuracy": float(res.id_accuracy[m]),
+                          "factor_accuracy": float(res.factor_accuracy[m]), "fit": fit})
 
 
 def _need_models(rb_config) -> None:
@@ -190,38 +154,6 @@ def test_factor_effective_robustness(suite, cache, record, rb_config, rb_seed, a
                                  dataset=DATASET, id_name=f"{DATASET} (canonical scenes)", seed=rb_seed)
 
 
-def _predictor(clip, suite: FactorSuite, cache, templates: str):
-    """scene -> predicted class, with the head ``classifier_logits`` would use for the suite."""
-    canonical = suite.canonical
-    if head_kind_for(clip, canonical) == "linear":
-        order = [clip.linear_head.classnames.index(c) for c in canonical.classnames]
-        to_logits = lambda emb: clip.linear_logits(emb)[:, order]  # noqa: E731
-    else:
-        head = class_head(clip, canonical.classnames, templates, cache)  # (C, D)
-        to_logits = lambda emb: clip.logits(emb, head)  # noqa: E731
-
-    def predict(scene) -> int:
-        rgb, _ = render_batch([scene], seed=suite.seed)  # (1, H, W, 3)
-        return int(to_logits(clip.encode_images(list(rgb))).argmax(1)[0])
-
-    return predict
-
-
-@contextmanager
-def _single_thread(device: str):
-    """One CPU thread for the search's one-image queries: they gain nothing from intra-op threads and
-    suffer from oversubscription (measured 16 ms vs 130-520 ms per query on a loaded 2-core machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if device.startswith("cpu"):
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("factor", FACTOR_NAMES + ("combined",))
 def test_factor_counterexamples(clip, suite, cache, record, rb_config, factor):
     canonical = suite.canonical
@@ -230,9 +162,9 @@ def test_factor_counterexamples(clip, suite, cache, record, rb_config, factor):
     right = np.flatnonzero(pred == canonical.labels)[:N_SEARCH_SCENES]
     if right.size == 0:
         pytest.skip(f"{clip.id} classifies none of the {len(canonical)} canonical scenes correctly: nothing to flip")
-    predict = _predictor(clip, suite, cache, templates)
+    predict = model_predictor(clip, canonical, cache, templates, seed=suite.seed)
     factors = FACTOR_NAMES if factor == "combined" else (factor,)
-    with _single_thread(clip.device):
+    with single_thread(clip.device):
         found = [search_counterexample(predict, suite.canonical_specs[i], int(canonical.labels[i]), factors)
                  for i in right]
     hits = [c for c in found if c is not None]
@@ -270,11 +202,6 @@ def _imagenet_x(rb_config):
     return imagenet, idx, factors, annotations
 
 
-def _imagenet_x_extra(annotations) -> dict:
-    return {"labels": f"{annotations.which} factor", "prototypes_removed": annotations.prototypes_removed,
-            "annotations": annotations.source, "licence": imagenet_x.LICENCE}
-
-
 def _error_ratio(correct: np.ndarray, has_factor: np.ndarray) -> float:
     return float(error_ratio(np.mean(correct[has_factor]) if has_factor.any() else np.nan, np.mean(correct),
                              validate=False))
@@ -282,7 +209,9 @@ def _error_ratio(correct: np.ndarray, has_factor: np.ndarray) -> float:
 
 def test_factor_imagenet_x(clip, cache, record, rb_config, imagenet_set):
     imagenet, idx, factors, annotations = _imagenet_x(rb_config)
-    extra = {**_imagenet_x_extra(annotations), "sample_keys": ["correct", "factors"], "factors": list(imagenet_x.FACTORS)}
+    extra = {"labels": f"{annotations.which} factor", "prototypes_removed": annotations.prototypes_removed,
+             "annotations": annotations.source, "licence": imagenet_x.LICENCE,
+             "sample_keys": ["correct", "factors"], "factors": list(imagenet_x.FACTORS)}
     for head, templates in head_choices(clip, imagenet, rb_config.templates):
         logits = classifier_logits(clip, imagenet, cache, templates=templates)[idx]  # (K, 1000)
         correct = logits.argmax(1) == imagenet.labels[idx]  # (K,)
@@ -306,8 +235,9 @@ def test_factor_effective_robustness_imagenet_x(cache, record, rb_config, rb_see
     for model in models:
         head, templates = head_choices(model, imagenet, rb_config.templates)[0]
         heads.append(condition(**head))
-        cols.append(classifier_logits(model, imagenet, cache, templates=templates)[idx].argmax(1) == imagenet.labels[idx])
+        logits = classifier_logits(model, imagenet, cache, templates=templates)[idx]  # (K, 1000)
+        cols.append(logits.argmax(1) == imagenet.labels[idx])
     correct = np.stack(cols, 1)  # (K, M)
-    _record_effective_robustness(record, models, heads, correct,
-                                 {f: (correct, factors[:, j].astype(np.float64)) for j, f in enumerate(imagenet_x.FACTORS)},
-                                 dataset="imagenet-x", id_name="imagenet-x (all annotated images)", seed=rb_seed)
+    per_factor = {f: (correct, factors[:, j].astype(np.float64)) for j, f in enumerate(imagenet_x.FACTORS)}
+    _record_effective_robustness(record, models, heads, correct, per_factor, dataset="imagenet-x",
+                                 id_name="imagenet-x (all annotated images)", seed=rb_seed)

@@ -12,7 +12,9 @@ NAVI-style: 0-30, 30-60, 60-90, 90-120 degrees.
   main-object pixel of the target view; recall at 2, 4 and 8 px (of a 64 px image; NAVI's
   5/25/50 px are for ~500 px images), one row per threshold and angle bin (condition
   ``angle=LO-HI;threshold=Npx``, plus ``angle=all``). The CI resamples view pairs (points of one
-  pair are not independent); ``extra.chance`` is the recall of a uniform random match.
+  pair are not independent); ``extra.chance`` is the recall of a uniform random match and
+  ``extra.same_position`` that of the 2D baseline "the object pixel at the source pixel's position"
+  (features that only encode image position reach it without any 3D awareness).
 * ``consistency``: the fraction of scenes whose zero-shot prediction is the same in every view
   (``views=5``), and between the reference view and each angle bin's views (``angle=LO-HI``).
 
@@ -21,6 +23,7 @@ Run size: the first 40 test scenes (200 renders) by default; ``--limit N`` sets 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -69,44 +72,66 @@ def views_dataset(scenes: ImageDataset, renders: list[list]) -> ImageDataset:
                         loader=lambda idx: [rgb[i] for i in idx])
 
 
+def _pooled_recall(hits: np.ndarray, sizes: np.ndarray) -> float:
+    """Recall over the points of some view pairs, from their hit counts and sizes (P,)."""
+    return float(hits.sum() / sizes.sum())
+
+
 def _bin_label(angle: float) -> str | None:
     return next((f"{lo}-{hi}" for lo, hi in ANGLE_BINS if lo <= angle < hi), None)
 
 
-def test_correspondence_world(clip, world, record, rb_config):
-    scenes, renders = multiview_set(world, rb_config)
-    n_views = len(renders[0])
-    dense = dense_features(clip, [v.rgb for views in renders for v in views])
-    grids = dense.features.reshape(len(scenes), n_views, *dense.features.shape[1:])  # (S, V, h, w, C)
-    pairs = []  # (angle bin, predicted (K, 2), true (K, 2), candidates (M, 2))
+@dataclass(frozen=True)
+class ViewPair:
+    """The reference view of a scene matched against one other view of it."""
+
+    angle_bin: str
+    predicted: np.ndarray  # (K, 2) matched target pixels
+    true: np.ndarray  # (K, 2) ground-truth target pixels
+    candidates: np.ndarray  # (M, 2) main-object pixels of the target view
+    same_position: np.ndarray  # (K, 2) the candidate nearest each source pixel's own position (2D baseline)
+
+
+def match_view_pairs(scenes: ImageDataset, renders: list[list], grids: np.ndarray, stride: float) -> list[ViewPair]:
+    pairs = []
     for s, (item, views) in enumerate(zip(scenes.item_ids, renders)):
-        for k in range(1, n_views):
+        for k in range(1, len(views)):
             pts_a, pts_b = correspondences(views[0], views[k], max_points=POINTS_PER_PAIR,
                                            rng=np.random.default_rng(zlib.crc32(f"{item}/{k}".encode())))
             label = _bin_label(view_angle_deg(views[0].camera, views[k].camera))
             if len(pts_a) == 0 or label is None:  # the object is not visible in both views
                 continue
             candidates = object_pixels(views[k].mask)
-            pred = match_points(grids[s, 0], grids[s, k], pts_a, candidates, dense.stride)
-            pairs.append((label, pred, pts_b, candidates))
+            nearest = np.linalg.norm(pts_a[:, None] - candidates[None], axis=-1).argmin(1)
+            pairs.append(ViewPair(label, match_points(grids[s, 0], grids[s, k], pts_a, candidates, stride),
+                                  pts_b, candidates, candidates[nearest]))
+    return pairs
+
+
+def test_correspondence_world(clip, world, record, rb_config):
+    scenes, renders = multiview_set(world, rb_config)
+    dense = dense_features(clip, [v.rgb for views in renders for v in views])
+    grids = dense.features.reshape(len(scenes), len(renders[0]), *dense.features.shape[1:])  # (S, V, h, w, C)
+    pairs = match_view_pairs(scenes, renders, grids, dense.stride)
     if not pairs:
         pytest.fail("no view pair of the chosen scenes shows the main object in both views", pytrace=False)
     for label in [f"{lo}-{hi}" for lo, hi in ANGLE_BINS] + ["all"]:
-        chosen = [p for p in pairs if label in ("all", p[0])]
+        chosen = [p for p in pairs if label in ("all", p.angle_bin)]
         if not chosen:
             continue
-        pred = np.concatenate([p[1] for p in chosen])  # (K, 2)
-        true = np.concatenate([p[2] for p in chosen])
-        recall = correspondence_recall(pred, true, thresholds=THRESHOLDS)
-        sizes = np.array([len(p[1]) for p in chosen], dtype=float)  # (P,) points per view pair
-        chance = [chance_recall(p[2], p[3], THRESHOLDS) for p in chosen]
+        true = np.concatenate([p.true for p in chosen])  # (K, 2)
+        recall = correspondence_recall(np.concatenate([p.predicted for p in chosen]), true, thresholds=THRESHOLDS)
+        baseline = correspondence_recall(np.concatenate([p.same_position for p in chosen]), true,
+                                         thresholds=THRESHOLDS)
+        sizes = np.array([len(p.true) for p in chosen], dtype=float)  # (P,) points per view pair
+        chance = [chance_recall(p.true, p.candidates, THRESHOLDS) for p in chosen]
         for t in THRESHOLDS:
-            hits = np.array([np.sum(np.linalg.norm(p[1] - p[2], axis=1) < t) for p in chosen], dtype=float)
-            ci = bootstrap_ci(lambda h, n: h.sum() / n.sum(), hits, sizes, seed=record.seed) if len(chosen) > 1 else None
-            expected = float(np.sum([c[t] * n for c, n in zip(chance, sizes)]) / sizes.sum())
+            hits = np.array([np.sum(np.linalg.norm(p.predicted - p.true, axis=1) < t) for p in chosen], dtype=float)
+            ci = bootstrap_ci(_pooled_recall, hits, sizes, seed=record.seed) if len(chosen) > 1 else None
             record("correspondence_recall", recall[t], dataset=scenes.name, ci=ci, n=int(sizes.sum()),
                    condition=condition(threshold=f"{t:g}px", angle=label),
-                   extra={"chance": expected, "view_pairs": len(chosen), "layer": dense.layer,
+                   extra={"chance": float(np.dot([c[t] for c in chance], sizes) / sizes.sum()),
+                          "same_position": baseline[t], "view_pairs": len(chosen), "layer": dense.layer,
                           "stride_px": dense.stride, "grid": list(grids.shape[2:4])})
 
 

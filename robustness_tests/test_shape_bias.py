@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from fixtures.conditions import condition
-from fixtures.cue_conflict import DECISION_16_WAY, DECISION_WORLD, cue_conflict_dataset, texture_labels
+from fixtures.cue_conflict import (DECISION_16_WAY, DECISION_WORLD, cue_conflict_dataset, shape_bias_cells,
+                                   texture_labels)
 from fixtures.datasets import ImageDataset
 from fixtures.embed import classifier_logits, head_choices
 from fixtures.real_data import parametrize_real_sets
@@ -32,33 +33,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def record_shape_bias(clip, dataset: ImageDataset, cache, record, template_sets, decision: str) -> None:
     texture = texture_labels(dataset)  # (N,)
-    conflict = np.flatnonzero(texture != dataset.labels)  # same-class items say nothing about the bias
-    shape, texture = dataset.labels[conflict], texture[conflict]
-    extra = {"decision": decision, "dropped_same_class": int(len(dataset) - conflict.size),
+    extra = {"decision": decision, "dropped_same_class": int(np.sum(texture == dataset.labels)),
              "sample_keys": ["logits", "labels", "texture_labels"]}
     for head, templates in head_choices(clip, dataset, template_sets):
-        logits = classifier_logits(clip, dataset, cache, templates=templates)[conflict]  # (N, C)
-        pred = logits.argmax(1)
-        samples = {"logits": logits, "labels": shape, "texture_labels": texture}
-        cells = [("", np.arange(shape.size))] + [
-            (name, np.flatnonzero(shape == c)) for c, name in enumerate(dataset.classnames) if np.any(shape == c)]
-        for cls, rows in cells:
-            cond = condition(**head, **({"class": cls} if cls else {}))
-            by_shape, by_texture = pred[rows] == shape[rows], pred[rows] == texture[rows]
-            decided = by_shape | by_texture
-            cell_extra = {**extra, "decided": int(decided.sum())}
+        logits = classifier_logits(clip, dataset, cache, templates=templates)  # (N, C)
+        for cell in shape_bias_cells(logits.argmax(1), dataset.labels, texture, dataset.classnames):
+            cond = condition(**head, **({"class": cell.cls} if cell.cls else {}))
+            i = cell.index
+            samples = {"logits": logits[i], "labels": dataset.labels[i], "texture_labels": texture[i]}
+            cell_extra = {**extra, "decided": int(cell.decided.sum())}
             # shape_bias is the shape share of the decided items: a proportion, so its CI is Wilson's
-            # on those items (defined for any cell with a decision, unlike a bootstrap of the ratio)
-            if decided.any():
-                record.proportion("shape_bias", by_shape[decided], dataset=dataset.name, condition=cond,
+            # over them (defined for any cell with a decision, unlike a bootstrap of the ratio)
+            if cell.decided.any():
+                record.proportion("shape_bias", cell.shape_votes, dataset=dataset.name, condition=cond,
                                   samples=samples, extra=cell_extra)
             else:
                 record("shape_bias", float("nan"), dataset=dataset.name, condition=cond, n=0, samples=samples,
                        extra={**cell_extra, "reason": "no prediction matched the shape or the texture class"})
-            record.proportion("shape_fraction", by_shape, dataset=dataset.name, condition=cond, samples=samples,
-                              extra=cell_extra)
-            record.proportion("texture_fraction", by_texture, dataset=dataset.name, condition=cond, samples=samples,
-                              extra=cell_extra)
+            record.proportion("shape_fraction", cell.by_shape, dataset=dataset.name, condition=cond,
+                              samples=samples, extra=cell_extra)
+            record.proportion("texture_fraction", cell.by_texture, dataset=dataset.name, condition=cond,
+                              samples=samples, extra=cell_extra)
 
 
 def test_shape_bias_world(clip, world, cache, record, rb_config):
