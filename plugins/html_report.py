@@ -413,7 +413,7 @@ def _grouped_bars(ax: Any, groups: Sequence[str], cells: dict[tuple[str, str], d
                yerr=_yerr(values, cis), color=styles.color(model), label=model,
                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
     long_labels = max((len(line) for g in groups for line in g.split("\n")), default=0) * len(groups) > 90
-    ax.set_xticks(x, groups, rotation=20 if long_labels else 0, ha="right" if long_labels else "center",
+    ax.set_xticks(x, groups, rotation=30 if long_labels else 0, ha="right" if long_labels else "center",
                   rotation_mode="anchor")
     ax.set_ylabel(ylabel or metric)
     _limit_axis(ax.set_ylim, metric)
@@ -457,8 +457,8 @@ def accuracy_plots(ctx: SectionContext) -> list[Plot]:
         return lambda fig: _grouped_bars(fig.add_subplot(), chunk, cells, models, ctx.styles, "top1")
 
     return [Plot("Top-1 accuracy per dataset" + (f" ({i + 1})" if len(groups) > 10 else ""), draw(chunk),
-                 (max(5.0, 0.9 + 0.28 * len(chunk) * len(models)), 3.0),
-                 "Bars: top-1 accuracy; error bars: 95% bootstrap CI.")
+                 (max(5.0, 0.9 + max(0.28 * len(models), 1.1) * len(chunk)), 3.2),
+                 "Bars: top-1 accuracy; error bars: 95% CI (Wilson).")
             for i, chunk in enumerate(_chunks(groups, 10))]
 
 
