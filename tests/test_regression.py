@@ -130,3 +130,37 @@ def test_baseline_end_to_end(pytester, run_harness, monkeypatch):
                           "--thresholds", "gates.toml")
     assert renamed.ret == pytest.ExitCode.USAGE_ERROR  # 'renamed' is not a model of the run
     renamed.stderr.fnmatch_lines(["*--baseline-model 'renamed=m': 'renamed' is not a model of this run*"])
+
+
+def test_merging_two_shards_gives_the_rows_of_one_run(pytester, run_harness):
+    from tests.test_plugin import RECORDING_TESTS
+    from plugins.merge import main as merge_main
+
+    pytester.makepyfile(test_props=RECORDING_TESTS)
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "full").assert_outcomes(passed=4)
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "shard1", "-k", "ood").assert_outcomes(passed=3, deselected=1)
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "shard2", "-k", "not ood").assert_outcomes(passed=1,
+                                                                                                  deselected=3)
+    out = pytester.path / "merged"
+    assert merge_main([str(pytester.path / "shard1" / "robustness.json"),
+                       str(pytester.path / "shard2" / "robustness.json"), "--out", str(out)]) == 0
+    full = json.loads((pytester.path / "full" / "robustness.json").read_text())["results"]
+    merged = json.loads((out / "robustness.json").read_text())["results"]
+    assert merged == full
+    assert all((out / r["samples"]).is_file() for r in merged if r["samples"])
+    assert (out / "robustness.html").is_file()
+
+
+def test_merge_refuses_disagreeing_shards(tmp_path, capsys):
+    from plugins.merge import main as merge_main
+
+    row = {"property": "ood", "model": "m", "dataset": "d", "condition": "", "metric": "auroc", "value": 0.9,
+           "ci": None, "n": 1, "higher_is_better": True, "gate": None, "test": "t", "samples": None, "extra": {}}
+    for name, value in (("a", 0.9), ("b", 0.8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "robustness.json").write_text(json.dumps(
+            {"run": {"seed": 0, "models": {}}, "results": [{**row, "value": value}]}))
+    assert merge_main([str(tmp_path / "a" / "robustness.json"), str(tmp_path / "b" / "robustness.json"),
+                       "--out", str(tmp_path / "out")]) == 2
+    assert "the shards disagree" in capsys.readouterr().err
+    assert merge_main([str(tmp_path / "a" / "robustness.json"), str(tmp_path / "nope.json")]) == 2

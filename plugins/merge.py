@@ -1,0 +1,113 @@
+"""Merge the reports of sharded runs into one ``robustness.json`` (+ samples) and re-render the HTML.
+
+    python -m plugins.merge shard1/robustness.json shard2/robustness.json --out reports/
+
+Shards are runs of the same harness over different test ids (CI matrix jobs, machines, or
+``pytest --model A`` and ``pytest --model B``). Rows are keyed by (property, model, dataset,
+condition, metric): a cell present in two shards must hold the same value, else the merge stops
+and names the cell (two shards measured the same thing differently: a seed or version mismatch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from fixtures._io import atomic_write_text
+from plugins.report import sort_rows
+
+KEY = ("property", "model", "dataset", "condition", "metric")
+
+
+class MergeError(ValueError):
+    """Shards that cannot be merged; the message names the file or the cell."""
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MergeError(f"{path}: not a readable JSON report ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "run" not in data:
+        raise MergeError(f"{path}: not a robustness.json report (needs 'run' and a 'results' list)")
+    return data
+
+
+def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Merge shard reports into ``out_dir`` (JSON, samples/, HTML); returns the merged report."""
+    if len(paths) < 2:
+        raise MergeError("give at least two shard reports to merge")
+    out_dir = Path(out_dir)
+    reports = [(Path(p), _load(Path(p))) for p in paths]
+    rows: dict[tuple, dict[str, Any]] = {}
+    origin: dict[tuple, Path] = {}
+    for path, data in reports:
+        for row in data["results"]:
+            key = tuple(row[k] for k in KEY)
+            if key in rows and not _same_value(rows[key], row):
+                raise MergeError(
+                    f"cell {dict(zip(KEY, key))} has value {rows[key]['value']} in {origin[key]} but "
+                    f"{row['value']} in {path}: the shards disagree (different seed, data or versions?)")
+            rows.setdefault(key, row)
+            origin.setdefault(key, path)
+            if row.get("samples"):
+                _copy_samples(path.parent / row["samples"], out_dir / row["samples"])
+    first = reports[0][1]["run"]
+    seeds = {d["run"].get("seed") for _, d in reports}
+    if len(seeds) > 1:
+        raise MergeError(f"shards were run with different seeds {sorted(map(str, seeds))}; merge runs of one seed")
+    models: dict[str, Any] = {}
+    for _, data in reports:
+        models.update(data["run"].get("models", {}))
+    run = {
+        **first,
+        "wall_time_s": sum(d["run"].get("wall_time_s") or 0 for _, d in reports),
+        "cache": {k: sum((d["run"].get("cache") or {}).get(k, 0) for _, d in reports) for k in ("hits", "misses")},
+        "models": dict(sorted(models.items())),
+        "shards": [{"path": str(p), "git_commit": d["run"].get("git_commit"), "started_at": d["run"].get("started_at"),
+                    "rows": len(d["results"])} for p, d in reports],
+    }
+    merged = {"run": run, "results": sort_rows(list(rows.values()))}
+    atomic_write_text(out_dir / "robustness.json", json.dumps(merged, indent=1) + "\n")
+    from plugins.html_report import write_html
+
+    write_html(merged, out_dir / "robustness.html")
+    return merged
+
+
+def _same_value(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    va, vb = a.get("value"), b.get("value")
+    if va is None or vb is None:
+        return va is vb
+    return va == vb or (va != va and vb != vb)  # equal, or both nan
+
+
+def _copy_samples(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return  # sample files are content-addressed: same name, same content
+    if not src.is_file():
+        raise MergeError(f"per-sample file {src} referenced by a shard is missing; copy the shard's samples/ folder")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plugins.merge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="robustness.json of each shard")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+    args = parser.parse_args(argv)
+    try:
+        merged = merge_reports(args.reports, args.out)
+    except MergeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"merged {len(args.reports)} shards, {len(merged['results'])} rows -> {args.out / 'robustness.json'}, "
+          f"{args.out / 'robustness.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
