@@ -164,3 +164,36 @@ def test_merge_refuses_disagreeing_shards(tmp_path, capsys):
                        "--out", str(tmp_path / "out")]) == 2
     assert "the shards disagree" in capsys.readouterr().err
     assert merge_main([str(tmp_path / "a" / "robustness.json"), str(tmp_path / "nope.json")]) == 2
+
+
+def test_noisy_checkpoint_of_the_default_model_fails_the_gate(pytester, run_harness, tmp_path):
+    """The issue's scenario with a real model: a checkpoint with noise added to its weights really
+    regressed, and must fail against its parent; an identical re-run of the parent must pass."""
+    from pathlib import Path
+
+    from safetensors.numpy import load_file, save_file
+
+    from fixtures import zoo
+
+    entry = zoo.default_model()
+    rng = np.random.default_rng(0)
+    tensors = load_file(str(entry.checkpoint))
+    noisy = {k: (v + rng.normal(0, 0.5 * float(v.std() or 1), v.shape).astype(v.dtype)
+                 if v.dtype.kind == "f" and v.ndim > 1 else v) for k, v in tensors.items()}
+    save_file(noisy, str(tmp_path / "noisy.safetensors"))
+
+    pytester.makepyfile(test_accuracy=(Path(__file__).parents[1] / "robustness_tests" / "test_accuracy.py").read_text())
+    pytester.makefile(".toml", gates='[[thresholds]]\nproperty="accuracy"\nmetric="top1"\nmax_drop=0.02\n')
+    common = ("--limit", "150", "--templates", "single", "-k", "test_top1_world")
+    parent = f"embedded:{entry.name}"
+    run_harness("--model", parent, *common).assert_outcomes(passed=5)
+    baseline = pytester.path / "base" / "robustness.json"
+    (pytester.path / "reports").rename(pytester.path / "base")
+
+    same = run_harness("--model", parent, "--baseline", str(baseline), "--thresholds", "gates.toml", *common)
+    same.assert_outcomes(passed=5)
+    candidate = f"{entry.arch}@{tmp_path / 'noisy.safetensors'}"
+    worse = run_harness("--model", candidate, "--baseline", str(baseline), "--baseline-model", parent,
+                        "--thresholds", "gates.toml", *common)
+    assert worse.ret == 1
+    worse.stdout.fnmatch_lines([f"*top1 * -> * vs baseline {parent} drops by more than the tolerance 0.02*"])
