@@ -140,3 +140,18 @@ def test_header_shows_effective_settings(pytester, run_harness):
     result = run_harness("--model", RANDOM_MODEL, "--seed", "7", "--limit", "20", "-k", "calibration")
     result.stdout.fnmatch_lines([f"robustness: models: {RANDOM_MODEL}",
                                  "robustness: device=cpu seed=7 limit=20*", "robustness: cache=*"])
+
+
+def test_real_property_modules_give_the_same_numbers_under_xdist(pytester, run_harness):
+    """Accuracy and OOD on world renders with a real (random-init) open_clip model: -n 2 == serial."""
+    from pathlib import Path
+
+    suite = Path(__file__).parents[1] / "robustness_tests"
+    for name in ("test_accuracy", "test_ood"):
+        pytester.makepyfile(**{name: (suite / f"{name}.py").read_text()})
+    args = ("--model", RANDOM_MODEL, "--limit", "30", "--templates", "single")
+    run_harness(*args).assert_outcomes(passed=7, skipped=2)
+    _, serial = _rows(pytester)
+    run_harness(*args, "-n", "2", "--embedding-cache", "off").assert_outcomes(passed=7, skipped=2)
+    _, parallel = _rows(pytester)
+    assert len(serial) == 5 + 2 * 4 * 4 and serial == parallel
