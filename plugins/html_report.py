@@ -703,23 +703,96 @@ def factor_plots(ctx: SectionContext) -> list[Plot]:
         plots.append(Plot("Effective robustness", lambda fig: _dot_plot(fig, er, ctx.styles, "effective robustness"),
                           (6.4, 0.9 + 0.22 * len({_cell_label(r) for r in er})),
                           "Accuracy above the fit over reference models (0 = as robust as expected from ID accuracy)."))
-    rows = [r for r in ctx.rows if r["metric"] == "top1" and "factor" in parse_condition(r["condition"])]
-    factors: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
-    for r in rows:
+    counterexamples = _counterexample_plot(ctx)
+    if counterexamples is not None:
+        plots.append(counterexamples)
+    # world interventions (factor=F;value=V): one chart per factor, a bar per value, the canonical
+    # renders (factor=canonical) first; ImageNet-X (factor=F, no value): one chart, a bar per factor
+    found: dict[tuple[str, str], dict[tuple[str, str], list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    canonical: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in ctx.rows:
         cond = parse_condition(r["condition"])
-        factors[(r["dataset"], cond["factor"])][(cond.get("value", ""), r["model"])] = r
+        if r["metric"] != "top1" or "factor" not in cond:
+            continue
+        if "value" in cond:
+            found[(r["dataset"], cond["factor"])][(cond["value"], r["model"])].append(r)
+        elif cond["factor"] == "canonical":
+            canonical[(r["dataset"], r["model"])].append(r)
+        else:
+            found[(r["dataset"], "")][(cond["factor"], r["model"])].append(r)
+    for (dataset, factor), cells in found.items():
+        for (ds, model), rs in canonical.items():
+            if ds == dataset and factor:
+                cells[("canonical", model)] = rs
+    # one row per cell: the run's first template set (a model's other heads are in the table)
+    factors = {key: {cell: primary_row(rs, ctx.run) for cell, rs in cells.items()} for key, cells in found.items()}
 
     def spread(cells: dict[tuple[str, str], dict[str, Any]]) -> float:
         values = [_num(r["value"]) for r in cells.values() if not math.isnan(_num(r["value"]))]
         return max(values) - min(values) if values else 0.0
 
     for (dataset, factor), cells in sorted(factors.items(), key=lambda kv: (-spread(kv[1]), kv[0])):
-        groups = sorted({v for v, _ in cells}, key=_natural_key)
+        groups = sorted({v for v, _ in cells}, key=lambda v: (v != "canonical", _natural_key(v)))
         models = ctx.styles.sort(m for _, m in cells)
-        plots.append(Plot(f"{factor} · {dataset}", _factor_bars(groups, cells, models, ctx.styles),
+        what = f"value of {factor} (canonical: the unchanged scenes)" if factor else "annotated factor"
+        plots.append(Plot(f"{factor or 'factors'} · {dataset}", _factor_bars(groups, cells, models, ctx.styles),
                           (max(4.5, 1.0 + 0.25 * len(groups) * len(models)), 2.7),
-                          f"Top-1 accuracy per value of {factor}; factors ordered by spread."))
+                          f"Top-1 accuracy per {what}; charts ordered by spread."))
     return plots
+
+
+MAX_COUNTEREXAMPLE_MODELS = 6
+COUNTEREXAMPLES_PER_MODEL = 3
+
+
+def _counterexample_plot(ctx: SectionContext) -> Plot | None:
+    """Canonical and flipped renders of the counterexample search, a row per model: the minimal
+    combined change first, then single factors."""
+    rows = [r for r in ctx.rows if r["metric"] == "flip_rate" and (r.get("extra") or {}).get("counterexamples")]
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_model[r["model"]].append(r)
+    models = ctx.styles.sort(by_model)[:MAX_COUNTEREXAMPLE_MODELS]
+    if not models:
+        return None
+
+    def chosen(model: str) -> list[dict[str, Any]]:
+        heads = {join_condition({k: v for k, v in parse_condition(r["condition"]).items() if k != "factor"})
+                 for r in by_model[model]}
+        head = primary_row([{"condition": h} for h in heads], ctx.run)["condition"]
+        mine = [r for r in by_model[model]
+                if join_condition({k: v for k, v in parse_condition(r["condition"]).items() if k != "factor"}) == head]
+        mine.sort(key=lambda r: (parse_condition(r["condition"])["factor"] != "combined", r["condition"]))
+        return mine[:COUNTEREXAMPLES_PER_MODEL]  # the first counterexample of each row
+
+    picks = {m: chosen(m) for m in models}
+    ncols = max(len(p) for p in picks.values())
+
+    def fill(fig: Any) -> bool:
+        axes = fig.subplots(len(models), 2 * ncols, squeeze=False)
+        drawn = False
+        for i, model in enumerate(models):
+            for ax in axes[i]:
+                ax.set_axis_off()
+            for j, row in enumerate(picks[model]):
+                data = ctx.samples(row, ("canonical_images", "flipped_images"), "counterexample images")
+                if isinstance(data, str):
+                    continue
+                cx = row["extra"]["counterexamples"][0]
+                factor = parse_condition(row["condition"])["factor"]
+                left, right = axes[i][2 * j], axes[i][2 * j + 1]
+                left.imshow(data["canonical_images"][0], interpolation="nearest")
+                right.imshow(data["flipped_images"][0], interpolation="nearest")
+                left.set_title(f"{model}\n{cx['label']} ✓" if j == 0 else f"{cx['label']} ✓", fontsize=7)
+                right.set_title(f"{factor}: → {cx['flipped_prediction']}", fontsize=7)
+                right.text(0.5, -0.04, "\n".join(cx["changes"]), transform=right.transAxes, ha="center", va="top",
+                           fontsize=6.5)
+                drawn = True
+        return drawn
+
+    return Plot("Counterexamples", fill, (1.6 * 2 * ncols, 2.0 * len(models)),
+                "Left: a canonical scene the model classifies correctly; right: the smallest change the "
+                "hypothesis search found that flips its prediction (combined factors first).")
 
 
 def _factor_bars(groups: list[str], cells: dict[tuple[str, str], dict[str, Any]], models: list[str],

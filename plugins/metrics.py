@@ -1037,6 +1037,9 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in [
                "prediction unchanged under a single-factor intervention"),
     MetricInfo("accuracy_drop", None, False, -1.0, 1.0,
                "clean accuracy minus accuracy under the condition (derived)"),
+    MetricInfo("flip_rate", None, False, 0.0, 1.0,
+               "fraction of correctly classified scenes for which a counterexample search found a "
+               "factor change that flips the prediction (within its example budget)"),
     MetricInfo("error_ratio", error_ratio, False, 0.0, _INF,
                "(1 - acc_factor) / (1 - acc_overall), ImageNet-X"),
     MetricInfo("effective_robustness", effective_robustness, True, -1.0, 1.0,

@@ -45,6 +45,17 @@ RECOMPUTE: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
     "fpr95": (OOD, partial(M.fpr_at_tpr, validate=False)),
     "aupr_in": (OOD, partial(M.aupr_in_score, validate=False)),
     "aupr_out": (OOD, partial(M.aupr_out_score, validate=False)),
+    # factor property: intervened logits beside the canonical ones, on the same scenes
+    "consistency": (("logits", "canonical_logits"),
+                    lambda logits, canon: float(np.mean(logits.argmax(1) == canon.argmax(1)))),
+    "accuracy_drop": (("logits", "canonical_logits", "labels"),
+                      lambda logits, canon, labels: float(np.mean(canon.argmax(1) == labels)
+                                                          - np.mean(logits.argmax(1) == labels))),
+    # shape_bias property: decisions on cue-conflict items (labels = shape class)
+    **{key: (("logits", "labels", "texture_labels"),
+             lambda logits, shape, texture, key=key: M.shape_bias_score(logits.argmax(1), shape, texture,
+                                                                        validate=False)[key])
+       for key in ("shape_bias", "shape_fraction", "texture_fraction")},
 }
 
 

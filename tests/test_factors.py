@@ -2,7 +2,9 @@
 computation the ``factor`` property records."""
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from fixtures.factors import (CANONICAL, FACTOR_FIELDS, FACTOR_NAMES, FACTOR_VAL
 from fixtures.world import CLASS_TEXTURE, RANGES, SceneSpec, sample_specs
 from plugins.metrics import UndefinedMetricWarning
 from plugins.stats import bootstrap_ci
+from tests.conftest import RANDOM_MODEL
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
 PAIRS = [(f, v) for f, values in FACTOR_VALUES.items() for v, _ in values]
@@ -175,3 +178,26 @@ def test_factor_values_stay_inside_the_world_ranges():
         for factor, value in PAIRS:
             c = intervene(s, factor, value)  # SceneSpec validates every value on construction
             assert RANGES["size"][0] <= c.size <= RANGES["size"][1]
+
+
+def test_property_modules_record_the_documented_rows(pytester, run_harness, monkeypatch):
+    """The factor and shape-bias modules end to end on a random-init model (3 scenes, one head)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 3-image batches: threads only add contention (4x here)
+    suite = Path(__file__).parents[1] / "robustness_tests"
+    for name in ("test_factor", "test_shape_bias"):
+        pytester.makepyfile(**{name: (suite / f"{name}.py").read_text()})
+    result = run_harness("--model", RANDOM_MODEL, "--limit", "3", "--templates", "single")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("error", 0) == 0, result.stdout.str()[-3000:]
+    rows = json.loads((pytester.path / "reports" / "robustness.json").read_text())["results"]
+    world = [r for r in rows if r["dataset"] == "world:factors"]
+    for metric in ("top1", "consistency", "accuracy_drop"):
+        cells = {r["condition"] for r in world if r["metric"] == metric and "value=" in r["condition"]}
+        assert cells == {condition(factor=f, templates="single", value=v) for f, v in PAIRS}
+    assert [r["n"] for r in world if r["condition"] == "factor=canonical;templates=single"] == [3]
+    shape = [r for r in rows if r["dataset"] == "world:cue-conflict"]
+    assert {r["metric"] for r in shape} == {"shape_bias", "shape_fraction", "texture_fraction"}
+    assert any("class=" not in r["condition"] for r in shape)
+    flips = [r for r in rows if r["metric"] == "flip_rate"]
+    assert not flips or {r["condition"].split(";")[0] for r in flips} == {f"factor={f}" for f in
+                                                                          FACTOR_NAMES + ("combined",)}
