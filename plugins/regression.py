@@ -74,9 +74,20 @@ class Baseline:
         rows = {(r["model"], *(r[k] for k in ROW_KEY_FIELDS)): r for r in data["results"]}
         return cls(Path(path), rows, {r["model"] for r in data["results"]}, model_map)
 
-    def counterpart(self, row: dict[str, Any]) -> dict[str, Any] | None:
+    def counterpart(self, row: dict[str, Any], *, templates: str = "openai") -> dict[str, Any] | None:
+        """The baseline's cell for ``row``. A fine-tuned linear head (condition ``head=linear``) is
+        compared with the baseline's zero-shot head under the run's first template set when the
+        baseline has no linear head: the fine-tune scenario (a label-fine-tuned child vs its parent)."""
         model = self.model_map.get(row["model"], row["model"])
-        return self.rows.get((model, *(row[k] for k in ROW_KEY_FIELDS)))
+        found = self.rows.get((model, *(row[k] for k in ROW_KEY_FIELDS)))
+        if found is None and "head=linear" in row["condition"]:
+            from fixtures.conditions import condition, parse_condition
+
+            parts = parse_condition(row["condition"])
+            del parts["head"]
+            zero_shot = condition(**parts, templates=templates)
+            found = self.rows.get((model, row["property"], row["dataset"], zero_shot, row["metric"]))
+        return found
 
     def samples(self, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
         if not row.get("samples"):
