@@ -197,3 +197,18 @@ def test_noisy_checkpoint_of_the_default_model_fails_the_gate(pytester, run_harn
                         "--thresholds", "gates.toml", *common)
     assert worse.ret == 1
     worse.stdout.fnmatch_lines([f"*top1 * -> * vs baseline {parent} drops by more than the tolerance 0.02*"])
+
+
+def test_linear_head_child_is_compared_with_parent_zero_shot_head(tmp_path):
+    from plugins.regression import Baseline
+
+    base_row = {"property": "accuracy", "model": "parent", "dataset": "world:test", "condition": "templates=single",
+                "metric": "top1", "value": 0.8}
+    path = tmp_path / "robustness.json"
+    path.write_text(json.dumps({"run": {}, "results": [base_row]}))
+    baseline = Baseline.load(path, {"child": "parent"})
+    row = {"property": "accuracy", "model": "child", "dataset": "world:test", "condition": "head=linear",
+           "metric": "top1"}
+    assert baseline.counterpart(row, templates="single") == base_row
+    assert baseline.counterpart(row, templates="openai") is None
+    assert baseline.counterpart({**row, "condition": "scaling=none;templates=single"}, templates="single") is None
