@@ -77,7 +77,7 @@ def test_checkpoint_loads_through_open_clip_and_matches_checksum(entry):
     assert entry.arch in open_clip.list_models()
     # strict load: a missing or extra key in the checkpoint raises here
     model, _, preprocess = open_clip.create_model_and_transforms(entry.arch, pretrained=str(entry.checkpoint))
-    assert model.visual.image_size == (64, 64)
+    assert open_clip.utils.to_2tuple(model.visual.image_size) == (64, 64)  # int for ResNet, tuple for ViT
     assert json.loads(entry.config.read_text())["vision_cfg"]["image_size"] == 64
     assert (model.logit_bias is not None) == (entry.metadata["loss"] == "siglip")
 
@@ -169,6 +169,7 @@ def test_cli_unknown_model_is_a_clear_error():
 
 
 def test_siglip_model_keeps_its_learned_bias():
-    """The SigLIP config starts at scale log(10), bias -10 (open_clip's SigLIP init); training moves them."""
+    """The SigLIP config starts at scale log(10), bias -10 (open_clip's SigLIP init), so its checkpoint
+    carries a logit_bias (checked at load in test_checkpoint_loads_through_open_clip_and_matches_checksum)."""
     cfg = json.loads(zoo.get("rn-siglip").config.read_text())
     assert math.isclose(cfg["init_logit_scale"], math.log(10)) and cfg["init_logit_bias"] == -10
