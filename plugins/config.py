@@ -16,7 +16,7 @@ from typing import Any
 from fixtures.models import ModelSpec, ModelSpecError, parse_model_spec
 
 DEFAULT_SEED = 0
-PYPROJECT_KEYS = {"thresholds", "models", "templates", "strict"}  # allowed keys of [tool.robustness]
+PYPROJECT_KEYS = {"thresholds", "models", "templates", "strict", "lmms"}  # allowed keys of [tool.robustness]
 THRESHOLD_KEYS = {"property", "metric", "model", "dataset", "condition", "min", "max", "max_drop", "reason"}
 DATA_NAME = re.compile(r"^[A-Za-z0-9][\w.:+-]*$")
 
@@ -130,6 +130,7 @@ class RunConfig:
     templates: tuple[str, ...] = ("openai", "single")  # template sets for the prompt factor
     cache_dir: Path | None = None  # embedding cache location; None disables it
     baseline_models: dict[str, str] = field(default_factory=dict)  # run model id -> baseline model id
+    lmms: tuple[str, ...] = ()  # --lmm specs (fixtures.lmm.adapter); empty: the embedded LMMs on the run's models
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -158,7 +159,7 @@ def default_model_specs() -> tuple[ModelSpec, ...]:
 def build_config(*, models: list[str], data: list[str], thresholds: str | None, baseline: str | None,
                  report_dir: str, limit: int | None, seed: int, device: str, strict: bool,
                  templates: list[str], cache_dir: Path | None, rootdir: Path,
-                 baseline_models: list[str] | None = None) -> RunConfig:
+                 baseline_models: list[str] | None = None, lmms: list[str] | None = None) -> RunConfig:
     """Merge the three layers and validate every value."""
     project = load_pyproject(rootdir)
     try:
@@ -199,10 +200,21 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
             resolve_templates(t)
         except ValueError as err:
             raise ConfigError(f"--templates: {err}") from None
+    lmm_specs = tuple(lmms or project.get("lmms", []))
+    if lmm_specs:
+        from fixtures.lmm.adapter import LMMError, parse_lmm_spec
+
+        try:
+            parsed = [parse_lmm_spec(x) for x in lmm_specs]
+        except LMMError as err:
+            raise ConfigError(str(err)) from None
+        lmm_ids = [x.id for x in parsed]
+        if len(set(lmm_ids)) != len(lmm_ids):
+            raise ConfigError(f"--lmm: the same LMM is given twice: {sorted({i for i in lmm_ids if lmm_ids.count(i) > 1})}")
     return RunConfig(
         models=specs, data=data_map, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
         limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
-        templates=template_sets, cache_dir=cache_dir, baseline_models=model_map,
+        templates=template_sets, cache_dir=cache_dir, baseline_models=model_map, lmms=lmm_specs,
     )
 
 

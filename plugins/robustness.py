@@ -65,6 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--templates", action="append", default=[], dest="rb_templates", metavar="SET",
                     help="prompt template sets compared as the prompt factor: openai, simple, single or a file "
                          "(default: openai and single)")
+    group.addoption("--lmm", action="append", default=[], dest="rb_lmms", metavar="SPEC",
+                    help="LLaVA-style LMM for the lmm property, repeatable: embedded[:NAME], hf:ORG/NAME or a "
+                         "local folder, optionally ';tower=MODEL_SPEC'. Default: the embedded LMM on the run's models")
     group.addoption("--embedding-cache", dest="rb_cache", default=None, metavar="DIR|off",
                     help="embedding cache folder (default: .pytest_cache/d/rb-embeddings); 'off' disables it")
 
@@ -80,13 +83,17 @@ def pytest_configure(config: pytest.Config) -> None:
             seed=config.getoption("rb_seed"), device=config.getoption("rb_device"),
             strict=config.getoption("rb_strict") or bool(config.getoption("strict", False)), templates=config.getoption("rb_templates"),
             cache_dir=_cache_dir(config), rootdir=config.rootpath,
-            baseline_models=config.getoption("rb_baseline_models"),
+            baseline_models=config.getoption("rb_baseline_models"), lmms=config.getoption("rb_lmms"),
         )
         if not hasattr(config, "workerinput"):  # check names once, on the controller
             from fixtures.models import check_model_spec
 
             for spec in rb.models:
                 check_model_spec(spec)
+            from fixtures.lmm.adapter import check_lmm_spec, parse_lmm_spec
+
+            for lmm in rb.lmms:
+                check_lmm_spec(parse_lmm_spec(lmm))
     except (ConfigError, ValueError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise pytest.UsageError(str(message)) from None
@@ -124,7 +131,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"robustness: cache={rb.cache_dir or 'off'} report={rb.report_dir} "
         f"thresholds={len(rb.thresholds)} rules baseline={rb.baseline or '-'}",
         "robustness: data: " + (", ".join(f"{k}={v}" for k, v in rb.data.items()) or "embedded world"),
-    ]
+    ] + ([f"robustness: lmm: {', '.join(rb.lmms)}"] if rb.lmms else [])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -133,6 +140,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         rb = metafunc.config.stash[RB_CONFIG]
         params = [pytest.param(spec.id, id=spec.id, marks=pytest.mark.xdist_group(spec.id)) for spec in rb.models]
         metafunc.parametrize("clip", params, indirect=True, scope="session")
+    if "lmm" in metafunc.fixturenames:
+        from fixtures.lmm.adapter import run_lmms
+
+        rb = metafunc.config.stash[RB_CONFIG]
+        pairs = run_lmms(rb.lmms, [m.id for m in rb.models])
+        params = [pytest.param(spec.raw or spec.id, id=spec.id, marks=pytest.mark.xdist_group(tower or spec.id))
+                  for spec, tower in pairs]
+        metafunc.parametrize("lmm", params or [pytest.param(None, marks=pytest.mark.skip(
+            reason="no LMM to measure: pass --lmm SPEC (the embedded LMM is built on embedded:rn-clip)"))],
+            indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from plugins.html_report import MAX_FIGURES, higher_is_better, render_html, validate_report, write_html
+from fixtures.conditions import condition
+from plugins.html_report import (LMM_CLASSES_PER_PANEL, MAX_FIGURES, higher_is_better, lmm_help_hurt,
+                                 render_html, validate_report, write_html)
 from plugins.render import main as render_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,6 +308,10 @@ def test_names_from_data_are_escaped(rendered):
 
 def test_self_contained_no_external_references(rendered):
     _, _, html, tree = rendered
+    assert_self_contained(html, tree)
+
+
+def assert_self_contained(html: str, tree: TreeBuilder) -> None:
     for tag, attrs in tree.tags:
         for key in ("src", "href", "xlink:href", "action", "poster", "data"):
             value = (attrs.get(key) or "").strip().lower()
@@ -439,3 +445,102 @@ def test_malformed_reports_raise_clear_errors(tmp_path, mutate, message):
     mutate(report)
     with pytest.raises(ValueError, match=message):
         validate_report(report)
+
+
+# ---- the lmm property: LMM vs CLIP two-way accuracy, per split and class, where the LMM helps or hurts
+
+LMM = "tiny-llava"
+LMM_SPLITS = ("world:test", "world:shift-background", "imagenet-d:background")
+LMM_CLASSES = [f"class{k:02d}" for k in range(LMM_CLASSES_PER_PANEL + 2)]  # two panels on imagenet-d
+# Gains whose CI excludes 0 (cell -> (value, ci)); every other lmm_gain row has a CI straddling 0.
+LMM_SIGNIFICANT = {
+    (M1, "world:shift-background", None, "loglik"): (0.2, [0.12, 0.28]),
+    (M1, "world:test", "class02", "loglik"): (0.3, [0.1, 0.5]),
+    (M1, "imagenet-d:background", None, "generate"): (-0.15, [-0.25, -0.05]),
+    (M1, "imagenet-d:background", "class05", "loglik"): (-0.1, [-0.18, -0.02]),
+}
+
+
+def lmm_rows() -> list[dict[str, Any]]:
+    rows = []
+    for m in (M1, M2):
+        for ds in LMM_SPLITS:
+            classes = LMM_CLASSES if ds.startswith("imagenet-d") else LMM_CLASSES[:3]
+            for cls in (None, *classes):
+                extra = {"class": cls} if cls else {}
+                # the CLIP finds higher-numbered classes easier
+                clip = 0.5 + 0.03 * (LMM_CLASSES.index(cls) if cls else 5)
+                rows.append(row("lmm", m, ds, condition(lmm=LMM, **extra), "clip_two_way_accuracy", clip))
+                for scoring in ("loglik", "generate"):
+                    cond = condition(lmm=LMM, scoring=scoring, **extra)
+                    gain, ci = LMM_SIGNIFICANT.get((m, ds, cls, scoring), (0.01, [-0.04, 0.06]))
+                    rows.append(row("lmm", m, ds, cond, "lmm_accuracy", round(clip + gain, 6)))
+                    rows.append({**row("lmm", m, ds, cond, "lmm_gain", gain), "ci": ci})
+                    if scoring == "generate" and not cls:
+                        rows.append(row("lmm", m, ds, cond, "answer_unmatched", 0.04, hib=False))
+        for option in ("first", "second"):  # position-bias diagnostics: table only
+            cond = condition(lmm=LMM, scoring="loglik", true_option=option)
+            rows.append({**row("lmm", m, "world:test", cond, "lmm_gain", 0.9), "ci": [0.8, 0.95]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def lmm_rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], str, TreeBuilder]:
+    rows = lmm_rows()
+    html = render_html({"run": {}, "results": rows}, report_dir=tmp_path_factory.mktemp("lmm"))
+    return rows, html, parse(html)
+
+
+def figures(node: Node) -> dict[str, Node]:
+    return {f.find("div", **{"class": "fig-title"})[0].all_text(): f for f in node.iter("figure")}
+
+
+def test_lmm_section_draws_splits_and_classes_per_model_and_lmm(lmm_rendered):
+    _, html, tree = lmm_rendered
+    lmm = section(tree, "lmm")
+    drawn = figures(lmm)
+    for m in (M1, M2):
+        per_split = drawn[f"LMM vs CLIP per split · {m} · LMM {LMM}"]
+        labels = per_split.find("svg")[0].all_text()
+        assert all(ds in labels for ds in LMM_SPLITS) and "CLIP two-way" in labels and "LMM · loglik" in labels
+        assert f"LMM vs CLIP per class · world:test · {m} · LMM {LMM}" in drawn  # 3 classes: one panel
+    assert len(drawn) == 2 * (1 + 2 + 2) <= MAX_FIGURES  # per model: splits, one panel per world split, two imagenet-d
+    # imagenet-d's 14 classes in two panels, the classes the CLIP finds hardest first
+    first = drawn[f"LMM vs CLIP per class · imagenet-d:background · {M1} · LMM {LMM} (1/2)"].all_text()
+    second = drawn[f"LMM vs CLIP per class · imagenet-d:background · {M1} · LMM {LMM} (2/2)"].all_text()
+    assert all(c in first for c in LMM_CLASSES[:LMM_CLASSES_PER_PANEL])
+    assert all(c in second and c not in first for c in LMM_CLASSES[LMM_CLASSES_PER_PANEL:])
+    assert "true_option" not in " ".join(f.all_text() for f in drawn.values())  # diagnostics: table only
+    assert_self_contained(html, tree)
+
+
+def test_lmm_help_and_hurt_lists(lmm_rendered):
+    rows, _, tree = lmm_rendered
+    helps, hurts = lmm_help_hurt([r for r in rows if r["model"] == M1 and "true_option" not in r["condition"]])
+    assert [(r["dataset"], r["condition"]) for r in helps] == [
+        ("world:test", f"class=class02;lmm={LMM};scoring=loglik"),
+        ("world:shift-background", f"lmm={LMM};scoring=loglik")]
+    assert [(r["dataset"], r["condition"]) for r in hurts] == [
+        ("imagenet-d:background", f"lmm={LMM};scoring=generate"),
+        ("imagenet-d:background", f"class=class05;lmm={LMM};scoring=loglik")]
+
+    def caption(model: str) -> str:
+        fig = figures(section(tree, "lmm"))[f"LMM vs CLIP per split · {model} · LMM {LMM}"]
+        return fig.find("figcaption")[0].all_text()
+
+    text = caption(M1)
+    order = ["Where the LMM helps", "world:test · class class02 · loglik +0.300 [0.1, 0.5]",
+             "world:shift-background · loglik +0.200 [0.12, 0.28]", "Where it hurts",
+             "imagenet-d:background · generate -0.150 [-0.25, -0.05]",
+             "imagenet-d:background · class class05 · loglik -0.100 [-0.18, -0.02]"]
+    assert [text.find(t) for t in order] == sorted(text.find(t) for t in order) and -1 not in map(text.find, order)
+    assert "+0.010" not in text  # gains whose CI holds 0 are not named
+    assert "largest first): none." in caption(M2) and "(CI below 0): none." in caption(M2)
+
+
+def test_lmm_summary_quotes_the_loglik_gain(lmm_rendered):
+    rows, _, tree = lmm_rendered
+    cell = tree.root.find("tr", data_property="lmm")[0].find("td", data_model=M1)[0]
+    loglik = [r["value"] for r in rows if r["model"] == M1 and r["metric"] == "lmm_gain"
+              and r["condition"] == f"lmm={LMM};scoring=loglik"]
+    assert cell.find("span", **{"class": "key"})[0].all_text() == f"lmm_gain {np.mean(loglik):.3g} (mean of 3 datasets)"

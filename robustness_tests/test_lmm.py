@@ -1,0 +1,87 @@
+"""LMM interaction: does a LLaVA-style LMM built on the CLIP's vision tower classify better than the
+CLIP alone, on the two options the CLIP itself finds hardest? (ImageNet-D protocol, see
+``fixtures.lmm.protocol``.)
+
+Rows belong to the tower's CLIP (``model``), with ``lmm=<LMM id>`` in the condition:
+``clip_two_way_accuracy`` (the CLIP on the same two options; equals its top-1 by the distractor
+rule), ``lmm_accuracy`` and the paired ``lmm_gain`` (LMM minus CLIP on the same items, bootstrap CI)
+per scoring (``scoring=loglik``: the likelier option; ``scoring=generate``: greedy answer matched to
+an option, items naming both or neither left out and counted in ``answer_unmatched``), per class
+(``class=``), and by the position of the true option (``true_option=first|second``: a position bias
+shows as a gap). World: clean test and the shift splits (the hard splits). Real data:
+``--data imagenet-d=PATH`` (background, texture, material).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures.conditions import condition
+from fixtures.datasets import WORLD_SHIFT_SPLITS, ImageDataset
+from fixtures.embed import classifier_logits
+from fixtures.lmm.protocol import run_protocol
+from fixtures.real_data import parametrize_real_sets
+from plugins.stats import seed_for
+
+pytestmark = pytest.mark.lmm
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_real_sets(metafunc, "real_set", ("imagenet-d",))
+
+
+def paired_gain(lmm_correct: np.ndarray, clip_correct: np.ndarray) -> float:
+    return float(np.mean(lmm_correct) - np.mean(clip_correct))
+
+
+def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
+    clip = lmm.clip
+    logits = classifier_logits(clip, dataset, cache, templates=rb_config.templates[0])  # (N, C)
+    out = run_protocol(lmm, dataset.images(), dataset.labels, logits, dataset.classnames,
+                       seed=seed_for(rb_config.seed, dataset.name))
+    samples = {"labels": out.labels, "distractor": out.distractor, "true_first": out.true_first,
+               "clip_correct": out.clip_correct, "loglik": out.loglik, "generated": out.generated}
+    extra = {"tower": clip.id, "templates": rb_config.templates[0], "sample_keys": sorted(samples),
+             "answers_head": out.answers[:5]}
+    put = dict(dataset=dataset.name, samples=samples, extra=extra, model=clip.id)
+    scorings = (("loglik", out.loglik_correct, np.ones(len(out.labels), dtype=bool)),
+                ("generate", out.generated == 1, out.matched))
+
+    def cell(keep: np.ndarray, **cond) -> None:
+        """LMM accuracy per scoring and the paired gain over the CLIP on the items ``keep``."""
+        for scoring, correct, answered in scorings:
+            sel = keep & answered
+            if not sel.any():
+                continue
+            c = condition(lmm=lmm.id, scoring=scoring, **cond)
+            record.proportion("lmm_accuracy", correct[sel], condition=c, **put)
+            pair = (correct[sel].astype(float), out.clip_correct[sel].astype(float))  # (n,) each
+            if sel.sum() > 1:
+                record.measure("lmm_gain", paired_gain, *pair, condition=c, **put)
+            else:  # one item: no interval to bootstrap
+                record("lmm_gain", paired_gain(*pair), condition=c, n=1, **put)
+
+    everything = np.ones(len(out.labels), dtype=bool)
+    record.proportion("clip_two_way_accuracy", out.clip_correct, condition=condition(lmm=lmm.id), **put)
+    cell(everything)
+    record.proportion("answer_unmatched", ~out.matched, condition=condition(lmm=lmm.id, scoring="generate"), **put)
+    for position in ("first", "second"):
+        cell(out.true_first == (position == "first"), true_option=position)
+    for k, name in enumerate(dataset.classnames):
+        keep = out.labels == k
+        if keep.any():
+            record.proportion("clip_two_way_accuracy", out.clip_correct[keep],
+                              condition=condition(lmm=lmm.id, **{"class": name}), **put)
+            cell(keep, **{"class": name})
+
+
+@pytest.mark.parametrize("split", ("test",) + WORLD_SHIFT_SPLITS)
+def test_lmm_world(lmm, world, cache, record, rb_config, split):
+    record_lmm(lmm, world(split), cache, record, rb_config)
+
+
+def test_lmm_real(lmm, cache, record, rb_config, real_set):
+    from fixtures.imagenet_d import imagenet_d_splits
+
+    for dataset in imagenet_d_splits(rb_config.data[real_set]).values():
+        record_lmm(lmm, dataset.spread_head(rb_config.limit), cache, record, rb_config)
