@@ -93,3 +93,16 @@ def test_world_dataset_is_deterministic_and_limited():
     assert (world_dataset("heldout", n=4).labels == -1).all()
     head = a.head(3)
     assert head.item_ids == a.item_ids[:3] and np.array_equal(np.stack(head.images()), np.stack(a.images()[:3]))
+
+
+def test_spread_head_takes_classes_round_robin():
+    from fixtures.datasets import ImageDataset
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])  # a class-sorted folder
+    ds = ImageDataset("d", ("a", "b", "c"), labels, tuple(f"i{k}" for k in range(7)),
+                      loader=lambda idx: [np.full((2, 2, 3), k, np.uint8) for k in idx])
+    head = ds.spread_head(5)
+    assert head.item_ids == ("i0", "i1", "i4", "i5", "i6")  # one of each class, then the second of each
+    np.testing.assert_array_equal(head.labels, [0, 0, 1, 1, 2])
+    assert [int(im[0, 0, 0]) for im in head.images()] == [0, 1, 4, 5, 6]
+    assert ds.spread_head(None) is ds and ds.spread_head(7) is ds
