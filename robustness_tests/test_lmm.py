@@ -41,7 +41,7 @@ def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
                        seed=seed_for(rb_config.seed, dataset.name))
     samples = {"labels": out.labels, "distractor": out.distractor, "true_first": out.true_first,
                "clip_correct": out.clip_correct, "loglik": out.loglik, "generated": out.generated}
-    extra = {"tower": clip.id, "templates": rb_config.templates[0], "sample_keys": sorted(samples),
+    extra = {"lmm": lmm.describe(), "templates": rb_config.templates[0], "sample_keys": sorted(samples),
              "answers_head": out.answers[:5]}
     put = dict(dataset=dataset.name, samples=samples, extra=extra, model=clip.id)
     scorings = (("loglik", out.loglik_correct, np.ones(len(out.labels), dtype=bool)),
