@@ -312,3 +312,11 @@ def test_bad_lmm_option_is_a_usage_error(run_harness, tmp_path):
                          "--lmm", "embedded:nope", f"--report-dir={tmp_path}")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*no embedded LMM 'nope'*"])
+
+
+def test_unusable_tower_spec_fails_with_one_sentence(run_harness, tmp_path):
+    result = run_harness(str(Path(__file__).parents[1] / "robustness_tests" / "test_lmm.py"), "--model", RANDOM_MODEL,
+                         "--lmm", "embedded;tower=nosuch:x", "-k", "test]", f"--report-dir={tmp_path}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*its CLIP tower 'nosuch:x' cannot be used*unknown open_clip architecture*"])
+    result.stdout.no_fnmatch_line("*During handling of the above exception*")
