@@ -57,8 +57,6 @@ def test_recorded_metrics_are_complete():
 # prompts). Models below it are listed with the reason (docs/zoo.md has their numbers): the test is a strict
 # xfail, so it starts failing (XPASS) as soon as a retrained model meets the bar and the entry must go.
 BELOW_BAR = {
-    "vit-clip": "the ViT tower learns far slower than the ResNet at this size; 2400 steps on one CPU core "
-                "were not enough (retrain with more steps)",
     "rn-clip-narrow": "trained on the narrow distribution by design (its factor of the study): 1.00 on held-out "
                       "narrow renders, near chance on the diverse test split",
 }
