@@ -16,9 +16,8 @@ from PIL import Image
 
 from fixtures.world import (ALL_CLASSES, CLASS_TEXTURE, COLORS, FACTORS, FIELDS, HELDOUT_CLASSES,
                             ID_CLASSES, LIGHT_COLORS, OCCLUDERS, PATTERNS, SPLITS, STYLES, TRAIN_BACKGROUNDS,
-                            SceneSpec,
-                            captions, correspondences, object_placements, project, render, render_batch,
-                            render_views, sample_specs, sdf)
+                            SceneSpec, captions, correspondences, object_placements, project, render,
+                            render_batch, render_views, sample_specs, sdf)
 from fixtures.world.cli import main as cli_main
 from fixtures.world.renderer import FLOOR_Y, camera_frames
 
