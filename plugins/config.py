@@ -56,6 +56,7 @@ def parse_threshold(raw: Any, origin: str) -> Threshold:
     for key in ("property", "metric"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"{origin}: threshold {raw!r} needs a '{key}' string")
+    _check_rule_names(raw["property"], raw["metric"], origin)
     bounds = {k: raw.get(k) for k in ("min", "max", "max_drop")}
     if all(v is None for v in bounds.values()):
         raise ConfigError(f"{origin}: threshold {raw!r} needs at least one of min, max, max_drop")
@@ -68,6 +69,22 @@ def parse_threshold(raw: Any, origin: str) -> Threshold:
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{origin}: threshold {key}={raw[key]!r} must be a string")
     return Threshold(**{k: v for k, v in raw.items()}, origin=origin)
+
+
+def _check_rule_names(prop: str, metric: str, origin: str) -> None:
+    """A property or metric glob that names nothing known is a typo (the rule would never apply).
+    The registry does not say which property records which metric; the end-of-run rule audit
+    (plugins.gates.audit) reports a metric that exists but is not recorded for the property."""
+    import difflib
+
+    from plugins.metrics import METRICS
+    from plugins.robustness import PROPERTIES
+
+    for key, pattern, names in (("property", prop, PROPERTIES), ("metric", metric, METRICS)):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = difflib.get_close_matches(pattern, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}."
+            raise ConfigError(f"{origin}: {key} {pattern!r} matches no known {key}; {hint}")
 
 
 def load_thresholds_file(path: Path) -> list[Threshold]:
@@ -120,6 +137,7 @@ def parse_data_option(text: str) -> tuple[str, Path]:
 class RunConfig:
     models: tuple[ModelSpec, ...]  # what --model (or [tool.robustness].models, or the zoo) resolved to
     data: dict[str, Path] = field(default_factory=dict)  # --data NAME=PATH
+    data_options: dict[str, dict[str, Path]] = field(default_factory=dict)  # imagefolder: classnames/templates files
     thresholds: tuple[Threshold, ...] = ()  # pyproject rules, then --thresholds rules
     baseline: Path | None = None  # --baseline robustness.json of an earlier run
     report_dir: Path = Path("reports")  # where robustness.json / .html / samples/ go
@@ -136,6 +154,7 @@ class RunConfig:
         out = asdict(self)
         out["models"] = [m.raw or m.id for m in self.models]
         out["data"] = {k: str(v) for k, v in self.data.items()}
+        out["data_options"] = {k: {o: str(f) for o, f in v.items()} for k, v in self.data_options.items()}
         out["baseline_models"] = dict(self.baseline_models)
         out["thresholds"] = [asdict(t) for t in self.thresholds]
         for key in ("baseline", "report_dir", "cache_dir"):
@@ -171,13 +190,27 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
     ids = [s.id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--model: the same model is given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+    from fixtures.datasets import DatasetError
+    from fixtures.real_data import IMAGEFOLDER_PREFIX, check_data_layout, check_data_name, imagefolder_options
+
     data_map: dict[str, Path] = {}
+    data_options: dict[str, dict[str, Path]] = {}
     for item in data:
         name, path = parse_data_option(item)
         if name in data_map:
             raise ConfigError(f"--data {name}=... given twice")
+        try:
+            check_data_name(name)  # a typo would otherwise skip every real-data test without a word
+            if name.startswith(IMAGEFOLDER_PREFIX):
+                path, data_options[name] = imagefolder_options(name, item.partition("=")[2])
+        except DatasetError as err:
+            raise ConfigError(str(err)) from None
         if not path.exists():
             raise ConfigError(f"--data {name}={path}: path does not exist")
+        try:
+            check_data_layout(name, path)
+        except DatasetError as err:
+            raise ConfigError(str(err)) from None
         data_map[name] = path
     rules = [parse_threshold(r, f"pyproject.toml [tool.robustness] thresholds[{i}]")
              for i, r in enumerate(project.get("thresholds", []))]
@@ -188,10 +221,20 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         base = Path(baseline)
         _check_baseline(base)
     model_map = _baseline_model_map(baseline_models or [], specs, base)
+    if base is not None:
+        lacking, known = models_without_baseline(specs, model_map, base)
+        if len(lacking) == len(specs):  # every regression gate would compare nothing
+            raise ConfigError(f"--baseline {base} holds models [{', '.join(known)}]; none of this run's models "
+                              f"[{', '.join(lacking)}] is among them; pass --baseline-model "
+                              f"{lacking[0]}={known[0] if known else 'BASELINE_MODEL'}")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: must be a positive number of samples per dataset")
     if not re.fullmatch(r"cpu|cuda|cuda:\d+|auto", device):
         raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda"):
+        _check_cuda(device)
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: must be an integer from 0 to 2**32-1 (4294967295)")
     from fixtures.templates import resolve_templates
 
     template_sets = tuple(templates or project.get("templates", []) or RunConfig.templates)
@@ -212,10 +255,23 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         if len(set(lmm_ids)) != len(lmm_ids):
             raise ConfigError(f"--lmm: the same LMM is given twice: {sorted({i for i in lmm_ids if lmm_ids.count(i) > 1})}")
     return RunConfig(
-        models=specs, data=data_map, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
+        models=specs, data=data_map, data_options=data_options, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
         limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
         templates=template_sets, cache_dir=cache_dir, baseline_models=model_map, lmms=lmm_specs,
     )
+
+
+def _check_cuda(device: str) -> None:
+    """Fail at start, not after the first model loads. torch is imported only for a cuda spec, so
+    ``pytest --help`` and cpu runs stay light."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them")
 
 
 def _baseline_model_map(items: list[str], specs: tuple[ModelSpec, ...], baseline: Path | None) -> dict[str, str]:
@@ -242,6 +298,17 @@ def _baseline_model_map(items: list[str], specs: tuple[ModelSpec, ...], baseline
     return mapping
 
 
+def models_without_baseline(specs: tuple[ModelSpec, ...], model_map: dict[str, str],
+                            baseline: Path) -> tuple[list[str], list[str]]:
+    """(run models with no counterpart in the baseline: neither their id nor their --baseline-model
+    is among its models, the baseline's models)."""
+    known = sorted({str(r["model"]) for r in json.loads(baseline.read_text(encoding="utf-8"))["results"]})
+    return [s.id for s in specs if model_map.get(s.id, s.id) not in known], known
+
+
+BASELINE_FIELDS = ("property", "model", "dataset", "condition", "metric", "value")  # what a comparison reads
+
+
 def _check_baseline(path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"--baseline {path}: file not found (pass the robustness.json of an earlier run)")
@@ -251,3 +318,14 @@ def _check_baseline(path: Path) -> None:
         raise ConfigError(f"--baseline {path}: not a JSON report ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "run" not in data:
         raise ConfigError(f"--baseline {path}: not a robustness.json report (needs 'run' and a 'results' list)")
+    for i, row in enumerate(data["results"]):
+        missing = [key for key in BASELINE_FIELDS if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise ConfigError(f"--baseline {path}: results[{i}] lacks the field {missing[0]!r} (every row needs "
+                              f"{', '.join(BASELINE_FIELDS)}); pass a robustness.json written by this harness, "
+                              "or re-run the baseline model to write one")
+    sampled = next((r["samples"] for r in data["results"] if isinstance(r.get("samples"), str)), None)
+    if sampled and not (path.parent / sampled).parent.is_dir():
+        raise ConfigError(f"--baseline {path}: its rows reference per-sample files ({sampled}) but "
+                          f"{(path.parent / sampled).parent} is missing; copy the baseline report's samples/ folder "
+                          f"next to {path.name}")

@@ -5,7 +5,10 @@ the whole interval is on the wrong side, and is *inconclusive* otherwise (the da
 """
 from __future__ import annotations
 
+import difflib
 import math
+import re
+from fnmatch import fnmatchcase
 from typing import Any, Iterable
 
 from plugins.config import Threshold
@@ -50,8 +53,10 @@ def bound_verdict(row: dict[str, Any], rule: Threshold) -> dict[str, Any]:
         metric += f" (95% CI {_fmt(lo)}–{_fmt(hi)})"
     gate: dict[str, Any] = {"kind": "bound", "min": rule.min, "max": rule.max, "rule": rule.origin}
     if value is None or math.isnan(value):
-        gate.update(verdict=FAIL, message=f"{row['metric']} is undefined (nan) {describe_cell(row)}, so bound "
-                                          f"{'>= ' + _fmt(rule.min) if rule.min is not None else '<= ' + _fmt(rule.max)} cannot be met.")
+        why = (row.get("extra") or {}).get("undefined") or "non-finite value"
+        bound = f">= {_fmt(rule.min)}" if rule.min is not None else f"<= {_fmt(rule.max)}"
+        gate.update(verdict=FAIL, message=f"{row['metric']} is undefined {describe_cell(row)} ({why}), so the bound "
+                                          f"{bound} cannot be met.")
         return gate
     verdicts = []
     if rule.min is not None:
@@ -72,3 +77,120 @@ def bound_verdict(row: dict[str, Any], rule: Threshold) -> dict[str, Any]:
     if rule.reason:
         gate["message"] += f" ({rule.reason})"
     return gate
+
+
+# --------------------------------------------------------------------------------------------
+# Rule audit: which rule gated what in this run (a rule that gates nothing must not pass silently)
+# --------------------------------------------------------------------------------------------
+
+APPLIED, UNUSED, UNMATCHED, NOT_APPLICABLE = "applied", "unused", "unmatched", "not applicable"
+
+
+def _gates_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    extra = row.get("extra") or {}
+    return extra.get("gates") or ([row["gate"]] if row.get("gate") else [])
+
+
+def did_you_mean(pattern: str, values: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a glob that matched none of ``values`` but is close to one (a typo);
+    a glob is compared by its literal prefix (``embeded:*`` -> ``embedded:*``)."""
+    literal = re.split(r"[*?[]", pattern, maxsplit=1)[0]
+    if not literal:
+        return ""
+    n = len(literal)  # a glob's literal prefix is compared with value prefixes of about its length
+    prefixes = sorted({v[:k] for v in values for k in range(max(1, n - 2), n + 3)}
+                      if literal != pattern else set(values))
+    close = difflib.get_close_matches(literal, prefixes, n=1, cutoff=0.75)
+    return f" (did you mean {close[0] + pattern[len(literal):]!r}?)" if close else ""
+
+
+def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, decided: int,
+                 baseline: bool) -> tuple[str, str]:
+    if rule.min is None and rule.max is None and not baseline:
+        return NOT_APPLICABLE, "a max_drop rule needs --baseline"
+    if matched:
+        if decided:
+            return APPLIED, ""
+        if rule.min is None and rule.max is None:
+            return UNUSED, "none of the cells it matches has a counterpart in the baseline"
+        return UNUSED, "a later rule (or a pytest_robustness_threshold hook) gates every cell it matches"
+    # Matched nothing: a typo when its property and model ran, else rules for another selection.
+    scope = [r for r in rows if fnmatchcase(r["property"], rule.property) and fnmatchcase(r["model"], rule.model)]
+    if not scope:
+        if not any(fnmatchcase(r["property"], rule.property) for r in rows):
+            return NOT_APPLICABLE, f"no {rule.property!r} cell was measured in this run"
+        return NOT_APPLICABLE, (f"no model of this run matches {rule.model!r}"
+                                + did_you_mean(rule.model, {r["model"] for r in rows}))
+    for key in ("metric", "dataset", "condition"):
+        pattern, values = getattr(rule, key), {r[key] for r in scope}
+        if not any(fnmatchcase(v, pattern) for v in values):
+            return UNMATCHED, (f"{key} {pattern!r} matches none of the {len(scope)} {rule.property} cells of "
+                               f"{rule.model!r}" + did_you_mean(pattern, values))
+    return UNMATCHED, "no cell matches its metric, dataset and condition together"
+
+
+def rule_usage(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: bool) -> list[dict[str, Any]]:
+    """Per rule: its patterns, how many cells it matched, gated (bound) and compared (max_drop), and a status:
+    applied, unused (matched but decided nothing), unmatched (its property and model ran, yet no cell
+    matched: a typo) or not applicable (its property or model did not run)."""
+    out = []
+    for rule in rules:
+        matched = sum(rule.matches(r) for r in rows)
+        decided = [g for r in rows for g in _gates_of(r) if rule.origin and g.get("rule") == rule.origin]
+        gated = sum(g["kind"] == "bound" for g in decided)
+        compared = sum(g["kind"] == "regression" for g in decided)
+        status, note = _rule_status(rule, rows, matched, gated + compared, baseline)
+        out.append({"origin": rule.origin, "property": rule.property, "metric": rule.metric, "model": rule.model,
+                    "dataset": rule.dataset, "condition": rule.condition, "min": rule.min, "max": rule.max,
+                    "max_drop": rule.max_drop, "matched": matched, "gated": gated, "compared": compared,
+                    "status": status, "note": note})
+    return out
+
+
+def baseline_usage(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """How many of each model's cells were compared with the baseline."""
+    models: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts = models.setdefault(row["model"], {"cells": 0, "compared": 0})
+        counts["cells"] += 1
+        counts["compared"] += "comparison" in (row.get("extra") or {})
+    return {"path": baseline, "cells": len(rows), "compared": sum(c["compared"] for c in models.values()),
+            "models": dict(sorted(models.items()))}
+
+
+def audit(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: str | None,
+          strict: bool) -> dict[str, Any]:
+    """The run's gate audit for the report (``run["gates"]``): rule usage, baseline usage, and the
+    sentences that fail the run (``failures``) or only warn (``warnings``)."""
+    usage = rule_usage(rules, rows, baseline=baseline is not None)
+    failures: list[str] = []
+    warnings: list[str] = []
+    for rule in usage:
+        if rule["status"] == UNMATCHED:
+            (failures if strict else warnings).append(
+                f"threshold rule {rule['origin']} matched no cell: {rule['note']}"
+                + ("" if strict else " (--rb-strict fails the run on it)") + ".")
+    base = baseline_usage(rows, baseline) if baseline is not None else None
+    if base and base["cells"] and not base["compared"]:
+        failures.append(
+            f"--baseline {baseline} was compared with 0 of the {base['cells']} measured cells: none has a "
+            "counterpart there (same model, property, dataset, condition and metric), so no regression gate "
+            "checked anything; pass --baseline-model MODEL=BASELINE_MODEL or a baseline of the same models "
+            "and properties.")
+    elif base:
+        for model, counts in base["models"].items():
+            if not counts["compared"]:
+                warnings.append(f"{model}: none of its {counts['cells']} cells has a counterpart in --baseline "
+                                f"{baseline}, so it was not compared.")
+    return {"rules": usage, "baseline": base, "failures": failures, "warnings": warnings}
+
+
+def rule_sources(rules: Iterable[Threshold]) -> str:
+    """``9 rules (7 from pyproject.toml [tool.robustness], 2 from gates.toml)`` for the header."""
+    rules = list(rules)
+    sources: dict[str, int] = {}
+    for rule in rules:
+        source = re.sub(r"( thresholds)?\[\d+\]$", "", rule.origin) or "a conftest hook"
+        sources[source] = sources.get(source, 0) + 1
+    where = ", ".join(f"{n} from {s}" for s, n in sources.items())
+    return f"{len(rules)} rule{'s' * (len(rules) != 1)}" + (f" ({where})" if where else "")

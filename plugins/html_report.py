@@ -31,6 +31,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from fixtures._io import atomic_write_text
+from fixtures.conditions import join_condition, parse_condition
 from fixtures.models import FACTOR_KEYS
 from plugins.gates import describe_cell
 from plugins.metrics import METRICS, calibration_bins, softmax
@@ -87,19 +88,6 @@ _PLOT_STYLE = {
 
 # --------------------------------------------------------------------------------------------
 # rows, conditions, metric metadata
-
-
-def parse_condition(text: str) -> dict[str, str]:
-    """``"corruption=fog;severity=3"`` -> ``{"corruption": "fog", "severity": "3"}`` (``""`` -> ``{}``)."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def join_condition(parts: dict[str, str]) -> str:
-    return ";".join(f"{k}={v}" for k, v in sorted(parts.items()))
 
 
 def _natural_key(text: str) -> tuple[Any, ...]:
@@ -502,6 +490,12 @@ def _reliability(ax: Any, logits: np.ndarray, labels: np.ndarray, title: str) ->
 
 @property_view("calibration", group_by="dataset")
 def calibration_plots(ctx: SectionContext) -> list[Plot]:
+    for r in ctx.rows:
+        if r["metric"] == "temperature" and (r.get("extra") or {}).get("temperature_at_bound"):
+            bounds = (r.get("extra") or {}).get("temperature_bounds") or "?"
+            ctx.note(f"The temperature fitted for {_describe(r)} lies on its search bound (T={fmt(r['value'], 4)}, "
+                     f"bounds {bounds}): the NLL optimum is outside the range (a near-chance or perfectly "
+                     "separable model), so its scaling=temperature numbers use the bound.")
     ece = [r for r in ctx.rows if r["metric"] == "ece"]
     plots: list[Plot] = []
     points = [(r, _lookup_top1(ctx, r)) for r in ece]
@@ -1245,7 +1239,8 @@ def _summary(rows: list[dict[str, Any]], props: list[str], models: list[str],
         for model in models:
             cell_rows = [r for r in mine if r["model"] == model]
             if not cell_rows:
-                cells.append({"model": model, "verdict": "absent", "label": "not measured", "counts": "", "key": ""})
+                label = "failed to load" if model in failed_models(run) else "not measured"
+                cells.append({"model": model, "verdict": "absent", "label": label, "counts": "", "key": ""})
                 continue
             counts = Counter(verdict_of(r) for r in cell_rows if r.get("gate"))
             verdict = worst_verdict(counts.elements())
@@ -1352,6 +1347,7 @@ def _header(run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     rate = f" ({100 * hits / total:.0f}% hits)" if hits is not None and misses is not None and total else ""
     versions = run.get("versions") or {}
     meta = [
+        ("run id", run.get("run_id") or "n/a"),
         ("started", (run.get("started_at") or "n/a").replace("T", " ")),
         ("git commit", (run.get("git_commit") or "n/a")[:12]),
         ("seed", run.get("seed", config.get("seed", "n/a"))),
@@ -1375,7 +1371,34 @@ def _header(run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     other_versions = [(k, v) for k, v in sorted(versions.items()) if k not in ("torch", "open_clip_torch", "open_clip")]
     return {"meta": meta, "config": summary, "versions": other_versions, "counts": {v: counts[v] for v in VERDICTS},
             "n_gates": sum(counts.values()), "overall": overall, "platform": run.get("platform") or "",
-            "git_commit": run.get("git_commit") or ""}
+            "git_commit": run.get("git_commit") or "", "run_id": run.get("run_id") or ""}
+
+
+PROBLEM_LABEL = {"load": "failed to load", "error": "error", "fail": "failed"}
+
+
+def _problems(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """``run["problems"]``: what was not measured and why (failed loads, errored and failed tests)."""
+    return [{"label": PROBLEM_LABEL.get(p.get("kind"), str(p.get("kind"))), "kind": p.get("kind"),
+             "model": p.get("model") or "", "test": p.get("test") or "", "message": str(p.get("message") or ""),
+             "tests": p.get("tests") or 1} for p in run.get("problems") or []]
+
+
+def failed_models(run: dict[str, Any]) -> dict[str, str]:
+    """Models of the run that failed to load -> the status sentence (shown in the summary table)."""
+    return {m: info["status"] for m, info in (run.get("models") or {}).items()
+            if isinstance(info, dict) and str(info.get("status", "")).startswith("failed to load")}
+
+
+def _rule_audit(run: dict[str, Any]) -> dict[str, Any]:
+    """``run["gates"]`` (plugins.gates.audit) for the run panel; empty for reports written before it."""
+    gates = run.get("gates") or {}
+    rules = [{**r, "patterns": " · ".join(str(r.get(k, "*")) for k in ("property", "metric", "model", "dataset",
+                                                                         "condition")),
+              "bounds": ", ".join(f"{k} {r[k]:g}" for k in ("min", "max", "max_drop") if r.get(k) is not None)}
+             for r in gates.get("rules") or []]
+    return {"rules": rules, "baseline": gates.get("baseline"),
+            "notes": list(gates.get("failures") or []) + list(gates.get("warnings") or [])}
 
 
 def _sample_files(rows: list[dict[str, Any]], store: SampleStore) -> list[dict[str, Any]]:
@@ -1396,7 +1419,8 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
     run = report.get("run") or {}
     rows = list(report["results"])
     styles = ModelStyles(list(run.get("models") or {}) + sorted({r["model"] for r in rows}))
-    models = styles.sort(r["model"] for r in rows)
+    failed = failed_models(run)
+    models = styles.sort([r["model"] for r in rows] + list(failed))  # a model that failed to load keeps its column
     props = ordered_properties(r["property"] for r in rows)
     store = SampleStore(report_dir)
     renderer = FigureRenderer()
@@ -1435,6 +1459,8 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
         "regression": regression,
         "models": models,
         "summary": _summary(rows, props, models, run),
+        "problems": _problems(run),
+        "failed_models": failed,
         "anchors": anchors,
         "flagged": [{"verdict": verdict_of(r), "message": _gate_message(r), "anchor": anchors[r["property"]],
                      "property": r["property"]} for r in flagged],
@@ -1444,6 +1470,7 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
                       "config": json.dumps(config, indent=2, sort_keys=True, default=str)},
         "samples": _sample_files(rows, store),
         "n_rows": len(rows),
+        "rule_audit": _rule_audit(run),
     }
 
 

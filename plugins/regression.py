@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -90,15 +91,16 @@ class Baseline:
         return found
 
     def samples(self, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
+        """The baseline cell's per-sample arrays; None when it has none, or its file is missing or
+        unreadable (the comparison then falls back to an unpaired one and says why, see :func:`compare`)."""
         if not row.get("samples"):
             return None
         path = self.path.parent / row["samples"]
         try:
             with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--baseline {self.path}: per-sample file {path} of the baseline cannot be read "
-                             f"({err}); copy the baseline's samples/ folder next to its robustness.json") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
 
 
 def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
@@ -142,8 +144,10 @@ def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row
         delta = row["value"] - base_row["value"]
         se = [(c[1] - c[0]) / (2 * 1.96) for c in (row.get("ci"), base_row.get("ci")) if c and None not in c]
         half = 1.96 * math.sqrt(sum(s * s for s in se)) if len(se) == 2 else math.nan
-        out.update(method="unpaired (no aligned per-sample outputs)", delta=delta,
-                   ci=[delta - half, delta + half], p_value=None)
+        why = "no aligned per-sample outputs"
+        if base_row.get("samples") and base_samples is None:
+            why = f"the baseline's per-sample file {base_row['samples']} is missing or unreadable"
+        out.update(method=f"unpaired ({why})", delta=delta, ci=[delta - half, delta + half], p_value=None)
         return out
     keys, statistic = recipe
     cand, base = tuple(samples[k] for k in keys), tuple(base_samples[k] for k in keys)

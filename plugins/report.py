@@ -10,8 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import platform
+import re
+import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -19,14 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from fixtures._io import atomic_write, atomic_write_text
 from plugins.config import RunConfig
 
 ROW_KEY, MODEL_KEY, CACHE_KEY = "rb_row", "rb_model", "rb_cache"
+PROBLEM_KEY = "rb_problem"  # a failed load, errored or failed test, shipped like rows (see problem_of)
+# The report folder: these entries are the run's unit, swapped in together at session end (ReportSession._swap).
+REPORT_ENTRIES = {"robustness.json": "file", "robustness.html": "file", "samples": "folder"}
+LOCK_NAME, STAGING_PREFIX, RUN_ID_FILE = ".robustness.lock", ".staging-", "RUN_ID"
 ROW_FIELDS = ("property", "model", "dataset", "condition", "metric", "value", "ci", "n",
               "higher_is_better", "gate", "test", "samples", "extra")
 PACKAGES = ("torch", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pytest", "pytest-xdist")
+# How far per-sample float32 arrays of two runs of one model may differ and still be "the same numbers"
+# (serial vs -n N, docs/architecture.md): torch's CPU kernels sum in an order that depends on the
+# thread count, which moves logits and scores in their last bits; bitwise equality holds only under one
+# thread count (OMP_NUM_THREADS). Recorded values and CIs are computed from these arrays.
+SAMPLES_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def save_samples(report_dir: Path, arrays: dict[str, np.ndarray]) -> str:
@@ -74,6 +89,69 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["property"], r["model"], r["dataset"], r["condition"], r["metric"]))
 
 
+def new_run_id() -> str:
+    """UTC time plus a random suffix: names one run's JSON, HTML and samples (and its staging folder)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+class ReportDirError(ValueError):
+    """The report folder cannot take this run's report; the message is one sentence naming it."""
+
+
+def resolve_report_dir(config: RunConfig, rootdir: Path) -> Path:
+    return config.report_dir if config.report_dir.is_absolute() else Path(rootdir) / config.report_dir
+
+
+def check_report_dir(path: Path) -> None:
+    """Refuse, before any model loads, a folder that cannot take the report. Creates nothing, so a run
+    that measures nothing (the harness's own tests) leaves it alone; ReportSession.start creates it."""
+    if path.exists() and not path.is_dir():
+        raise ReportDirError(f"--report-dir {path}: a file is in the way of the report folder; "
+                             "remove it or pass another --report-dir")
+    for name, kind in REPORT_ENTRIES.items():
+        entry = path / name
+        if entry.exists() and entry.is_dir() != (kind == "folder"):
+            raise ReportDirError(f"--report-dir {path}: {name} is a {'folder' if entry.is_dir() else 'file'} but the "
+                                 f"report writes a {kind} there; remove it or pass another --report-dir")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ReportDirError(f"--report-dir {path}: {existing} is not a writable folder; pass a writable --report-dir")
+
+
+def staging_dir(pytest_config: Any) -> Path:
+    """Where this process writes the run's samples: the controller's staging folder (xdist workers get it
+    through workerinput), swapped into the report folder with the JSON and HTML at session end."""
+    workerinput = getattr(pytest_config, "workerinput", None)
+    if workerinput is not None:
+        return Path(workerinput["rb_staging"])
+    return pytest_config.pluginmanager.get_plugin("robustness-report").staging
+
+
+def problem_of(item: Any, call: Any, report: Any) -> dict[str, Any] | None:
+    """The report's entry for a failed test phase: a model that failed to load, an error (setup or
+    teardown) or a failure (call); None for gate failures, which the rows' verdicts already show."""
+    import pytest
+
+    from fixtures.pytest_fixtures import load_failure
+
+    err = call.excinfo.value
+    # pytest.fail(..., pytrace=False) carries its sentence in .msg; anything else reads as "Type: message"
+    message = str(err.msg) if isinstance(err, pytest.fail.Exception) else call.excinfo.exconly()
+    if report.when == "call" and message.startswith("robustness gate failed:"):
+        return None
+    model = load_failure(item.config, message)
+    kind = "load" if model else "fail" if report.when == "call" else "error"
+    callspec = getattr(item, "callspec", None)
+    model = model or (callspec.params.get("clip") if callspec is not None else None)
+    return {"test": item.nodeid, "model": model, "kind": kind, "message": message.strip()[:2000]}
+
+
+def collection_problem(report: Any) -> dict[str, Any]:
+    """A module that could not be collected: its tests never ran. The message is the error's last line."""
+    lines = [line for line in report.longreprtext.splitlines() if line.strip()] or ["collection failed"]
+    return {"test": report.nodeid, "model": None, "kind": "error", "message": re.sub(r"^E\s+", "", lines[-1])}
+
+
 class ReportSession:
     """Controller-side aggregator: collects rows, writes the JSON and HTML at session end."""
 
@@ -87,10 +165,65 @@ class ReportSession:
         self.started = time.time()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.paths: dict[str, Path] = {}
+        self.run_id = new_run_id()
+        self.staging = self.report_dir / f"{STAGING_PREFIX}{self.run_id}"  # this run's JSON, HTML and samples/
+        self.problems: list[dict[str, Any]] = []
+        self._lock: Any = None  # the report folder's FileLock, held from start() to the end of the session
+        self._signal: Path | None = None  # under xdist: a worker touches it when it collected property tests
+        self._audit: tuple[int | None, dict[str, Any]] = (None, {})  # (row count, gate audit of those rows)
 
     @property
     def report_dir(self) -> Path:
-        return self.config.report_dir if self.config.report_dir.is_absolute() else self.rootdir / self.config.report_dir
+        return resolve_report_dir(self.config, self.rootdir)
+
+    def start(self) -> None:
+        """The robustness suite is about to run: claim the report folder (a second run into it is refused,
+        so neither loses its rows), clear staging folders left by killed runs, open this run's."""
+        from filelock import FileLock, Timeout
+
+        if self._lock is not None:
+            return
+        out = self.report_dir
+        lock = FileLock(out / LOCK_NAME, blocking=False)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            for stale in out.glob(f"{STAGING_PREFIX}*"):  # a live run would hold the lock
+                shutil.rmtree(stale, ignore_errors=True)
+            (self.staging / "samples").mkdir(parents=True)
+        except Timeout:
+            raise pytest.UsageError(f"--report-dir {out}: another run is writing its report there; wait for it "
+                                    "to finish or pass another --report-dir") from None
+        except OSError as err:
+            if lock.is_locked:
+                lock.release()
+            raise pytest.UsageError(f"--report-dir {out}: cannot write there ({err.strerror or err}); "
+                                    "pass a writable --report-dir") from None
+        self._lock = lock
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        from plugins.robustness import collected_properties
+
+        if collected_properties(session):
+            self.start()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist: workers write samples into this run's staging folder and tell (through a file, as xdist
+        reports only node ids) whether they collected property tests, before any test is scheduled."""
+        if self._signal is None:
+            self._signal = Path(tempfile.mkdtemp(prefix="rb-suite-")) / "collected"
+        node.workerinput["rb_staging"] = str(self.staging)
+        node.workerinput["rb_suite_signal"] = str(self._signal)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:
+        if self._signal is not None and self._signal.exists():
+            self.start()
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.problems.append(collection_problem(report))
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         for key, value in getattr(report, "user_properties", ()):
@@ -100,6 +233,8 @@ class ReportSession:
             elif key == MODEL_KEY and report.when == "call":
                 info = json.loads(value)
                 self.models.setdefault(info["id"], info["info"])
+            elif key == PROBLEM_KEY:  # on the failed phase's report only, never copied to the others
+                self.problems.append(json.loads(value))
             elif key == CACHE_KEY and report.when == "teardown":
                 counts = json.loads(value)
                 self.cache["hits"] += counts["hits"]
@@ -118,22 +253,96 @@ class ReportSession:
             "wall_time_s": round(time.time() - self.started, 3),
             "cache": dict(self.cache),
             "models": dict(sorted(self.models.items())),
+            "gates": self.gate_audit(),
         }
         return {"run": run, "results": sort_rows(self.rows)}
 
+    def gate_audit(self) -> dict[str, Any]:
+        """Rule and baseline usage over the rows seen so far (plugins.gates.audit), computed once per row count."""
+        from plugins.gates import audit
+
+        if self._audit[0] != len(self.rows):
+            baseline = None if self.config.baseline is None else str(self.config.baseline)
+            self._audit = (len(self.rows), audit(self.config.thresholds, self.rows, baseline=baseline,
+                                                 strict=self.config.strict))
+        return self._audit[1]
+
+    def write_gate_summary(self, tr: Any) -> None:
+        """Per rule what it gated / compared, baseline comparisons per model, then warnings and failures."""
+        gates = self.gate_audit()
+        for rule in gates["rules"]:
+            where = ", ".join(f"{k}={rule[k]}" for k in ("model", "dataset", "condition") if rule[k] != "*")
+            tr.write_line(f"rule {rule['origin']}: {rule['property']}/{rule['metric']}"
+                          + (f" [{where}]" if where else "")
+                          + f": {rule['gated']} gated, {rule['compared']} compared - {rule['status']}"
+                          + (f": {rule['note']}" if rule["note"] else ""))
+        if gates["baseline"]:
+            base = gates["baseline"]
+            tr.write_line(f"baseline {base['path']}: {base['compared']} of {base['cells']} cells compared (" +
+                          ", ".join(f"{m}: {c['compared']}/{c['cells']}" for m, c in base["models"].items()) + ")")
+        for line in gates["warnings"]:
+            tr.write_line(f"WARNING: {line}", yellow=True)
+        for line in gates["failures"]:
+            tr.write_line(f"FAILED: {line}", red=True, bold=True)
+
     def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
-        if not self.rows:
-            return  # nothing measured (e.g. only the harness's own tests ran): leave earlier reports alone
-        data = self.build()
-        out = self.report_dir
-        json_path = out / "robustness.json"
-        atomic_write_text(json_path, json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n")
-        self.paths["json"] = json_path
+        # Without start() no property test ran (e.g. only the harness's own tests): reports/ is left alone.
+        # With it, even a run that measured nothing writes its report, replacing the previous run's.
+        try:
+            if self._lock is not None:
+                self._write()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if self._signal is not None:
+                shutil.rmtree(self._signal.parent, ignore_errors=True)
+            if self._lock is not None:
+                self._lock.release()
+
+    def _write(self) -> None:
+        """Render JSON, HTML and samples/ of this run in its staging folder, then swap them in."""
         from plugins.html_report import write_html
 
-        html_path = out / "robustness.html"
-        write_html(data, html_path)
-        self.paths["html"] = html_path
+        data = self.build()
+        self.add_outcome(data["run"])
+        stage, out = self.staging, self.report_dir
+        atomic_write_text(stage / "samples" / RUN_ID_FILE, self.run_id + "\n")
+        atomic_write_text(stage / "robustness.json", json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n")
+        write_html(data, stage / "robustness.html")
+        # Renames only from here (nothing left to fail or take time): a kill while rendering leaves the old
+        # report whole. The old samples/ goes into the staging folder, deleted with it.
+        if (out / "samples").exists():
+            os.rename(out / "samples", stage / "samples.old")
+        os.rename(stage / "samples", out / "samples")
+        for name in ("robustness.html", "robustness.json"):
+            os.replace(stage / name, out / name)
+        self.paths.update(json=out / "robustness.json", html=out / "robustness.html")
+
+    def add_outcome(self, run: dict[str, Any]) -> None:
+        """Run id, problems and each model's status, so a report never lists a model as measured that was not."""
+        problems = self.problem_list()
+        failed = {p["model"]: p["message"] for p in problems if p["kind"] == "load"}
+        measured = {r["model"] for r in self.rows}
+        models = {model_id: dict(info) for model_id, info in run["models"].items()}
+        for spec in self.config.models:  # a model that never loaded has no info, but is listed with why
+            models.setdefault(spec.id, {})
+        for model_id, info in models.items():
+            info["status"] = (f"failed to load: {failed[model_id]}" if model_id in failed
+                              else "measured" if model_id in measured else "not measured")
+        run.update(run_id=self.run_id, problems=problems, models=dict(sorted(models.items())))
+
+    def problem_list(self) -> list[dict[str, Any]]:
+        """Problems in test order (stable under xdist); a load failure once per model, with the number of
+        tests it stopped."""
+        out: list[dict[str, Any]] = []
+        loads: dict[str, dict[str, Any]] = {}
+        for problem in sorted(self.problems, key=lambda p: (p["test"], p["kind"])):
+            if problem["kind"] == "load":
+                if problem["model"] in loads:
+                    loads[problem["model"]]["tests"] += 1
+                    continue
+                problem = loads[problem["model"]] = {**problem, "tests": 1}
+            out.append(problem)
+        return out
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.paths:
@@ -147,5 +356,17 @@ class ReportSession:
         tr.write_line(f"{len(self.rows)} metric cells, gates: " +
                       (", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or "none"))
         tr.write_line(f"embedding cache: {self.cache['hits']} hits, {self.cache['misses']} misses")
+        self.write_gate_summary(tr)
+        self.write_problems(tr)
         for kind, path in self.paths.items():
             tr.write_line(f"{kind}: {path}")
+
+    def write_problems(self, tr: Any) -> None:
+        """What the report says was not measured, and why."""
+        if not self.rows:
+            tr.write_line("this run measured nothing: the report says so and lists why", red=True, bold=True)
+        for p in self.problem_list():
+            kind = {"load": "failed to load", "error": "error", "fail": "failed"}[p["kind"]]
+            stopped = f" ({p['tests']} tests not run)" if p.get("tests", 1) > 1 else ""
+            who = p["model"] if p["kind"] == "load" else p["test"]
+            tr.write_line(f"{kind}: {who}{stopped}: {(p['message'].splitlines() or [''])[0]}", red=True)

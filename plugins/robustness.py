@@ -94,6 +94,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
             for lmm in rb.lmms:
                 check_lmm_spec(parse_lmm_spec(lmm))
+            from plugins.report import check_report_dir, resolve_report_dir
+
+            check_report_dir(resolve_report_dir(rb, config.rootpath))
     except (ConfigError, ValueError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise pytest.UsageError(str(message)) from None
@@ -123,15 +126,35 @@ def _cache_dir(config: pytest.Config) -> Path | None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    from plugins.gates import rule_sources
+
     rb = config.stash[RB_CONFIG]
-    return [
+    lines = [
         "robustness: models: " + ", ".join(m.id for m in rb.models),
         f"robustness: device={rb.device} seed={rb.seed} limit={rb.limit} templates={','.join(rb.templates)} "
         f"strict={rb.strict}",
-        f"robustness: cache={rb.cache_dir or 'off'} report={rb.report_dir} "
-        f"thresholds={len(rb.thresholds)} rules baseline={rb.baseline or '-'}",
+        f"robustness: cache={rb.cache_dir or 'off'} report={rb.report_dir} baseline={rb.baseline or '-'}",
+        f"robustness: thresholds: {rule_sources(rb.thresholds)}",
         "robustness: data: " + (", ".join(f"{k}={v}" for k, v in rb.data.items()) or "embedded world"),
     ] + ([f"robustness: lmm: {', '.join(rb.lmms)}"] if rb.lmms else [])
+    if rb.baseline is not None:
+        from plugins.config import models_without_baseline
+
+        lacking, known = models_without_baseline(rb.models, rb.baseline_models, rb.baseline)
+        if lacking:  # some models only (none at all is a usage error at start)
+            lines.append(f"robustness: WARNING: --baseline {rb.baseline} holds no model {', '.join(lacking)} "
+                         f"(it holds {', '.join(known)}); those models are not compared: pass --baseline-model "
+                         f"MODEL=BASELINE_MODEL to compare them")
+    return lines
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A gate that checked nothing fails the run: a baseline compared with no cell, and under
+    --rb-strict a threshold rule that matched no cell (the sentences are in the terminal summary)."""
+    report = session.config.pluginmanager.get_plugin("robustness-report")
+    if report is not None and report.rows and report.gate_audit()["failures"] and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -157,6 +180,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marks = [m.name for m in item.iter_markers() if m.name in PROPERTIES]
         if len(set(marks)) > 1:
             raise pytest.UsageError(f"{item.nodeid}: one robustness property per test, found {sorted(set(marks))}")
+
+
+def collected_properties(session: pytest.Session) -> bool:
+    """Whether this run runs the robustness suite: a test carrying a property marker was collected (and
+    not deselected). Only then is a report written, even one that measured nothing."""
+    return not session.config.option.collectonly and any(
+        mark.name in PROPERTIES for item in session.items for mark in item.iter_markers())
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist sends the worker's collection (node ids only) to the controller
+def pytest_collection_finish(session: pytest.Session) -> None:
+    signal = getattr(session.config, "workerinput", {}).get("rb_suite_signal")
+    if signal and collected_properties(session):
+        Path(signal).touch()  # the controller claims the report folder (plugins.report.ReportSession.start)
 
 
 def property_of(item: pytest.Item) -> str:
@@ -214,7 +251,18 @@ def ship_model(item: pytest.Item, model_id: str, info: dict[str, Any]) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    result = yield
+    from fixtures.datasets import DatasetError
+    from fixtures.models import NonFiniteError
+
+    try:
+        result = yield
+        problem = None
+    except NonFiniteError as err:  # NaN outputs: one sentence, never a traceback nor a number
+        problem = str(err)
+    except DatasetError as err:  # a dataset found unusable while measuring (an unreadable image): its sentence
+        problem = str(err)
+    if problem:  # failed outside the except block, so pytest shows the sentence without a chain
+        pytest.fail(problem, pytrace=False)
     failures = item.stash.get(GATE_FAILURES, [])
     if failures:
         pytest.fail("robustness gate failed:\n  " + "\n  ".join(failures), pytrace=False)
@@ -231,6 +279,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
+    if report.failed and call.excinfo is not None:  # shipped to the controller's report (-n too)
+        from plugins.report import PROBLEM_KEY, problem_of
+
+        problem = problem_of(item, call, report)
+        if problem is not None:
+            report.user_properties.append((PROBLEM_KEY, json.dumps(problem)))
     if call.when == "teardown" and CACHE_SNAPSHOT in item.stash:
         from fixtures.pytest_fixtures import process_cache
         from plugins.report import CACHE_KEY

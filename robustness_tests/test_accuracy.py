@@ -7,20 +7,22 @@ import pytest
 from fixtures.conditions import condition
 from fixtures.datasets import WORLD_SHIFT_SPLITS
 from fixtures.embed import classifier_logits, head_choices
-from fixtures.real_data import CLASSIFICATION_SETS, classification_dataset, parametrize_real_sets
+from fixtures.real_data import (CLASSIFICATION_SETS, IMAGEFOLDER_PREFIX, classes_present, load_real_set,
+                                 parametrize_real_sets, real_templates)
 
 pytestmark = pytest.mark.accuracy
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    parametrize_real_sets(metafunc, "real_set", CLASSIFICATION_SETS)
+    parametrize_real_sets(metafunc, "real_set", CLASSIFICATION_SETS + (IMAGEFOLDER_PREFIX,))
 
 
-def record_top1(clip, dataset, cache, record, template_sets) -> None:
+def record_top1(clip, dataset, cache, record, template_sets, extra=None) -> None:
     for head, templates in head_choices(clip, dataset, template_sets):
         logits = classifier_logits(clip, dataset, cache, templates=templates)  # (N, C)
         record.proportion("top1", logits.argmax(1) == dataset.labels, dataset=dataset.name,
-                          condition=condition(**head), samples={"logits": logits, "labels": dataset.labels})
+                          condition=condition(**head), samples={"logits": logits, "labels": dataset.labels},
+                          extra=extra)
 
 
 @pytest.mark.parametrize("split", ("test",) + WORLD_SHIFT_SPLITS)
@@ -29,5 +31,5 @@ def test_top1_world(clip, world, cache, record, rb_config, split):
 
 
 def test_top1_real(clip, cache, record, rb_config, real_set):
-    dataset = classification_dataset(real_set, rb_config.data[real_set]).head(rb_config.limit)
-    record_top1(clip, dataset, cache, record, rb_config.templates)
+    dataset = load_real_set(real_set, rb_config)
+    record_top1(clip, dataset, cache, record, real_templates(real_set, rb_config), extra=classes_present(dataset))

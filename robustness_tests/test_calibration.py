@@ -1,6 +1,9 @@
 """Calibration: ECE (15 equal-width bins), adaptive ECE, max CE, NLL and Brier, before and after
 temperature scaling. T is fitted on an ID calibration split held apart from the ID test split and
-applied unchanged to the test split and every shift (ID -> OOD calibration transfer)."""
+applied unchanged to the test split and every shift (ID -> OOD calibration transfer). A shift scored
+over a subset of the classes (ImageNet-R/-A: their own 200-class head) gets the T of that head, fitted
+on the ID calibration half cut to those classes. A T on its search bound is recorded in the rows'
+``extra`` (``temperature_at_bound``), never raised."""
 from __future__ import annotations
 
 from functools import partial
@@ -10,9 +13,11 @@ import pytest
 from fixtures.conditions import condition
 from fixtures.datasets import WORLD_SHIFT_SPLITS
 from fixtures.embed import classifier_logits, head_choices
-from fixtures.real_data import SHIFT_SETS, calibration_split, classification_dataset, parametrize_real_sets
-from plugins.metrics import (adaptive_calibration_error, brier_score, expected_calibration_error, fit_temperature,
-                             max_calibration_error, negative_log_likelihood, softmax)
+from fixtures.real_data import (IMAGEFOLDER_PREFIX, SHIFT_SETS, calibration_split, load_real_set,
+                                 parametrize_real_sets, real_templates)
+from plugins.metrics import (TEMPERATURE_BOUNDS, adaptive_calibration_error, brier_score, expected_calibration_error,
+                             fit_temperature, max_calibration_error, negative_log_likelihood, softmax,
+                             temperature_at_bound)
 
 pytestmark = pytest.mark.calibration
 
@@ -26,22 +31,26 @@ CALIBRATION_METRICS = {
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    parametrize_real_sets(metafunc, "real_set", ("imagenet",) + SHIFT_SETS)
+    parametrize_real_sets(metafunc, "real_set", ("imagenet",) + SHIFT_SETS + (IMAGEFOLDER_PREFIX,))
 
 
 def record_calibration(clip, calibration_set, target, cache, record, template_sets) -> None:
     for head, templates in head_choices(clip, target, template_sets):
         cal_logits = classifier_logits(clip, calibration_set, cache, templates=templates)  # (Nc, C)
-        temperature = fit_temperature(cal_logits, calibration_set.labels)
+        # A T on its search bound (a near-chance model) is recorded as such, not raised: the gates judge.
+        temperature = fit_temperature(cal_logits, calibration_set.labels, warn=False)
+        at_bound = {"temperature_at_bound": temperature_at_bound(temperature),
+                    "temperature_bounds": list(TEMPERATURE_BOUNDS)}
         record("temperature", temperature, dataset=target.name, condition=condition(**head),
-               n=len(calibration_set), extra={"fitted_on": calibration_set.name})
+               n=len(calibration_set), extra={"fitted_on": calibration_set.name, **at_bound})
         logits = classifier_logits(clip, target, cache, templates=templates)  # (N, C)
         for scaling, scaled in (("none", logits), ("temperature", logits / temperature)):
             probs = softmax(scaled)  # (N, C)
             samples = {"logits": scaled, "labels": target.labels}
             for metric, fn in CALIBRATION_METRICS.items():
                 record.measure(metric, fn, probs, target.labels, dataset=target.name,
-                               condition=condition(**head, scaling=scaling), samples=samples)
+                               condition=condition(**head, scaling=scaling), samples=samples,
+                               extra=at_bound if scaling == "temperature" else None)
 
 
 @pytest.mark.parametrize("split", ("test",) + WORLD_SHIFT_SPLITS)
@@ -50,13 +59,20 @@ def test_calibration_world(clip, world, cache, record, rb_config, split):
 
 
 def test_calibration_real(clip, cache, record, rb_config, real_set):
-    if "imagenet" not in rb_config.data:
+    # a custom imagefolder set is its own ID set (split in halves like ImageNet val); shifts use ImageNet val
+    id_name = real_set if real_set.startswith(IMAGEFOLDER_PREFIX) else "imagenet"
+    if id_name not in rb_config.data:
         pytest.fail(f"--data {real_set}=... needs --data imagenet=PATH too: temperature scaling is fitted on "
                     "a calibration half of ImageNet val", pytrace=False)
-    imagenet = classification_dataset("imagenet", rb_config.data["imagenet"]).head(rb_config.limit)
-    calibration_set, id_test = calibration_split(imagenet)
-    target = id_test if real_set == "imagenet" else \
-        classification_dataset(real_set, rb_config.data[real_set]).head(rb_config.limit)
-    if real_set != "imagenet" and target.classnames != imagenet.classnames:
-        calibration_set = calibration_set.restricted_to(target.classnames)
-    record_calibration(clip, calibration_set, target, cache, record, rb_config.templates)
+    id_set = load_real_set(id_name, rb_config)
+    calibration_set, id_test = calibration_split(id_set)
+    target = id_test if real_set == id_name else load_real_set(real_set, rb_config)
+    if target.class_keys != id_set.class_keys:  # R/A subsets: by wnid, never by (repeated) class name
+        calibration_set = calibration_set.restricted_to(target.class_keys)
+    # T belongs to the head it was fitted with (a 200-class softmax is not a 1000-class one), so a
+    # subset's T is fitted on the ID calibration half cut to its classes; none there: say so.
+    if len(calibration_set) == 0:
+        pytest.fail(f"calibration on {target.name}: the calibration half of --data {id_name} holds no image of its "
+                    f"{len(target.classnames)} class(es), so no temperature can be fitted for its head; give "
+                    f"--data {id_name} a folder that holds those classes (or a larger --limit)", pytrace=False)
+    record_calibration(clip, calibration_set, target, cache, record, real_templates(real_set, rb_config))

@@ -26,7 +26,7 @@ from fixtures.conditions import condition
 from fixtures.corruptions2d import (ALL_FAMILIES, FAMILIES, SEVERITIES, Cell, cell_logits, corruption_condition,
                                     corruption_folder_cells, interval_or_none, record_corruption_grid)
 from fixtures.embed import head_choices
-from fixtures.real_data import classification_dataset, parametrize_real_sets
+from fixtures.real_data import IMAGEFOLDER_PREFIX, load_real_set, parametrize_real_sets, real_templates
 from plugins.metrics import UndefinedMetricWarning, mean_corruption_error
 
 pytestmark = pytest.mark.corruption2d
@@ -36,7 +36,7 @@ REFERENCE_MODEL = "embedded:rn-clip"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    parametrize_real_sets(metafunc, "real_set", ("imagenet-c",))
+    parametrize_real_sets(metafunc, "real_set", ("imagenet-c", IMAGEFOLDER_PREFIX))
 
 
 def world_cells(world, rb_config):
@@ -52,12 +52,17 @@ def test_corruption2d_world(clip, world, cache, record, rb_config):
 
 
 def test_corruption2d_real(clip, cache, record, rb_config, real_set):
-    cells = corruption_folder_cells(real_set, rb_config.data[real_set], ALL_FAMILIES, rb_config.limit)
-    clean = None
-    if "imagenet" in rb_config.data:
-        clean = classification_dataset("imagenet", rb_config.data["imagenet"]).head(rb_config.limit)
-    head, templates = head_choices(clip, cells[0].dataset, rb_config.templates)[0]
-    record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates, dataset_name=real_set)
+    if real_set.startswith(IMAGEFOLDER_PREFIX):  # a custom set: corrupted here, as the world's images are
+        clean = load_real_set(real_set, rb_config).spread_head(DEFAULT_IMAGES if rb_config.limit is None else None)
+        cells = [Cell(f, s, clean, corruption_condition(f, s)) for f in ALL_FAMILIES for s in SEVERITIES]
+        dataset_name = clean.name
+    else:
+        cells = corruption_folder_cells(real_set, rb_config.data[real_set], ALL_FAMILIES, rb_config.limit)
+        clean = load_real_set("imagenet", rb_config) if "imagenet" in rb_config.data else None
+        dataset_name = real_set
+    head, templates = head_choices(clip, cells[0].dataset, real_templates(real_set, rb_config))[0]
+    record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates,
+                           dataset_name=dataset_name)
 
 
 def reference_model(models):

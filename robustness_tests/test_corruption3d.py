@@ -21,7 +21,7 @@ import pytest
 from fixtures.corruptions2d import SEVERITIES, Cell, corruption_folder_cells, record_corruption_grid
 from fixtures.corruptions3d import FAMILIES_3D, corruption3d_condition, folder_depth_source, world_depth_source
 from fixtures.embed import head_choices
-from fixtures.real_data import classification_dataset, parametrize_real_sets
+from fixtures.real_data import load_real_set, parametrize_real_sets
 from fixtures.world import FOV_DEG
 
 pytestmark = pytest.mark.corruption3d
@@ -47,7 +47,7 @@ def test_corruption3d_world(clip, world, cache, record, rb_config):
 def test_corruption3d_real(clip, cache, record, rb_config, real_set):
     clean = None
     if "imagenet" in rb_config.data:
-        clean = classification_dataset("imagenet", rb_config.data["imagenet"]).head(rb_config.limit)
+        clean = load_real_set("imagenet", rb_config)
     if real_set == "imagenet-3dcc":
         cells = corruption_folder_cells(real_set, rb_config.data[real_set], PUBLISHED_3DCC, rb_config.limit)
         dataset_name = real_set

@@ -38,7 +38,7 @@ from fixtures.datasets import DatasetError
 from fixtures.embed import classifier_logits, head_choices
 from fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, factor_effective_robustness,
                               factor_suite)
-from fixtures.real_data import classification_dataset, parametrize_real_sets
+from fixtures.real_data import load_real_set, parametrize_real_sets
 from fixtures.world import render_batch
 from plugins.metrics import UndefinedMetricWarning, error_ratio
 
@@ -197,7 +197,7 @@ def _imagenet_x(rb_config):
         if "imagenet-x" in rb_config.data:
             raise
         pytest.skip(str(err))
-    imagenet = classification_dataset("imagenet", rb_config.data["imagenet"]).head(rb_config.limit)
+    imagenet = load_real_set("imagenet", rb_config)
     idx, factors = imagenet_x.align(imagenet, annotations)
     return imagenet, idx, factors, annotations
 

@@ -14,7 +14,8 @@ import pytest
 
 from fixtures.conditions import condition
 from fixtures.embed import class_head, head_choices, image_embeddings
-from fixtures.real_data import OOD_PREFIX, classification_dataset, ood_dataset, parametrize_real_sets
+from fixtures.real_data import (IMAGEFOLDER_PREFIX, OOD_PREFIX, load_real_set, ood_dataset, parametrize_real_sets,
+                                 real_templates)
 from plugins.metrics import (aupr_in_score, aupr_out_score, energy_score, fpr_at_tpr, max_logit_score, mcm_score,
                              msp_score, ood_auroc_score)
 
@@ -66,8 +67,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_ood_real(clip, cache, record, rb_config, ood_set_name):
-    if "imagenet" not in rb_config.data:
-        pytest.fail(f"--data {ood_set_name}=... needs the ID set too: --data imagenet=PATH", pytrace=False)
-    id_set = classification_dataset("imagenet", rb_config.data["imagenet"]).head(rb_config.limit)
-    ood_set = ood_dataset(ood_set_name, rb_config.data[ood_set_name]).head(rb_config.limit)
-    record_ood(clip, id_set, ood_set, cache, record, rb_config.templates)
+    # ID sets: ImageNet val and every custom imagefolder set (the row's condition names the ID set)
+    id_names = [n for n in rb_config.data if n == "imagenet" or n.startswith(IMAGEFOLDER_PREFIX)]
+    if not id_names:
+        pytest.fail(f"--data {ood_set_name}=... needs the ID set too: --data imagenet=PATH or "
+                    '--data "imagefolder:NAME=PATH"', pytrace=False)
+    ood_set = ood_dataset(ood_set_name, rb_config.data[ood_set_name]).spread_head(rb_config.limit)
+    for id_name in id_names:
+        id_set = load_real_set(id_name, rb_config)
+        record_ood(clip, id_set, ood_set, cache, record, real_templates(id_name, rb_config))

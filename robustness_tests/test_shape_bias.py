@@ -61,5 +61,5 @@ def test_shape_bias_world(clip, world, cache, record, rb_config):
 
 
 def test_shape_bias_real(clip, cache, record, rb_config, real_set):
-    dataset = cue_conflict_dataset(real_set, rb_config.data[real_set]).head(rb_config.limit)
+    dataset = cue_conflict_dataset(real_set, rb_config.data[real_set]).spread_head(rb_config.limit)
     record_shape_bias(clip, dataset, cache, record, rb_config.templates, DECISION_16_WAY)

@@ -9,7 +9,17 @@ import pytest
 
 pytest_plugins = ["pytester"]
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 RANDOM_MODEL = "world-rn-tiny:random"  # a zoo architecture with seeded random weights: fast plumbing
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Warnings are errors in the harness's own tests only (never in a user's measurement): the ini's
+    filters are applied after "error", and any filterwarnings mark of a test still overrides them."""
+    mark = pytest.mark.filterwarnings("error", *config.getini("filterwarnings"))
+    for item in items:
+        if item.path.is_relative_to(TESTS):
+            item.add_marker(mark, append=False)
 
 
 @pytest.fixture

@@ -87,3 +87,47 @@ def test_disabled_cache_always_computes(tmp_path):
     cache = EmbeddingCache(None)
     assert cache.get_or_compute({"a": 1}, lambda: np.ones(2)).shape == (2,)
     assert cache.misses == 1 and not list(tmp_path.iterdir())
+
+
+def test_read_only_cache_serves_hits_and_warns_once(tmp_path, monkeypatch):
+    """A CI cache mounted read-only: creating a lock file or an entry fails with EROFS. Tests run as
+    root, for whom chmod stops nothing, so the mount's refusal is simulated where the cache writes."""
+    import errno
+
+    import fixtures.cache as cache_module
+
+    filled = EmbeddingCache(tmp_path)
+    for i in range(3):
+        filled.get_or_compute({"i": i}, lambda i=i: np.full(4, float(i)))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr(cache_module.FileLock, "acquire", read_only)
+    monkeypatch.setattr(cache_module, "atomic_write", read_only)
+    cache = EmbeddingCache(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(3):  # every stored entry is a hit: reading takes no lock
+            assert np.array_equal(cache.get_or_compute({"i": i}, lambda: 1 / 0), np.full(4, float(i)))
+        assert not caught
+        for i in range(3, 6):  # misses are computed and not stored, with one warning for the run
+            assert cache.get_or_compute({"i": i}, lambda i=i: np.full(2, float(i))).sum() == 2 * i
+    assert [str(w.message) for w in caught if issubclass(w.category, CacheWarning)] == [
+        f"embedding cache at {tmp_path} is not usable for writing ([Errno 30] Read-only file system: '{tmp_path}'); "
+        "reading what it holds and computing the rest without storing it"]
+    assert (cache.hits, cache.misses) == (3, 3)
+    assert not cache.path_for(cache_key({"i": 3})).exists()
+
+
+def test_unwritable_entry_warns_once_and_keeps_the_value(tmp_path, monkeypatch):
+    import fixtures.cache as cache_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "atomic_write", disk_full)
+    cache = EmbeddingCache(tmp_path)
+    with pytest.warns(CacheWarning, match="not usable for writing") as caught:
+        values = [cache.get_or_compute({"i": i}, lambda i=i: np.full(2, float(i))) for i in range(3)]
+    assert len(caught) == 1 and [v[0] for v in values] == [0.0, 1.0, 2.0] and cache.misses == 3

@@ -114,5 +114,114 @@ def test_duplicate_models_and_baseline_validation(tmp_path):
         _build(tmp_path, baseline=str(bad))
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_out_of_range_is_a_usage_error(tmp_path, seed):
+    with pytest.raises(ConfigError, match=rf"--seed {seed}: must be an integer from 0 to 2\*\*32-1"):
+        _build(tmp_path, seed=seed)
+    assert _build(tmp_path, seed=2**32 - 1).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("device, count, fragment", [
+    ("cuda", 0, "--device cuda: CUDA is not available on this machine; use --device cpu"),
+    ("cuda:1", 0, "--device cuda:1: CUDA is not available"),
+    ("cuda:2", 2, "--device cuda:2: this machine has 2 CUDA device(s) (cuda:0..cuda:1)"),
+])
+def test_cuda_device_is_checked_at_start(tmp_path, monkeypatch, device, count, fragment):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, device=device)
+    assert fragment in str(err.value)
+    assert _build(tmp_path, device="cpu").device == "cpu"
+
+
 def test_threshold_is_frozen_and_hashable():
     assert hash(Threshold("ood", "auroc", min=0.9)) == hash(Threshold("ood", "auroc", min=0.9))
+
+
+@pytest.mark.parametrize("rule, fragment", [
+    ('property="acuracy"\nmetric="top1"', "property 'acuracy' matches no known property; did you mean 'accuracy'?"),
+    ('property="accuracy"\nmetric="top_1"', "metric 'top_1' matches no known metric; did you mean 'top1'?"),
+    ('property="ood"\nmetric="aur*c_x"', "metric 'aur*c_x' matches no known metric"),
+    ('property="corruption*"\nmetric="relative_top*"', None),  # globs that name something are fine
+])
+def test_threshold_names_are_checked_when_read(tmp_path, rule, fragment):
+    """Case 2 (a): a rule whose property or metric names nothing known would never apply."""
+    path = tmp_path / "t.toml"
+    path.write_text(f"[[thresholds]]\n{rule}\nmin=0.5\n")
+    if fragment is None:
+        assert load_thresholds_file(path)[0].min == 0.5
+        return
+    with pytest.raises(ConfigError) as err:
+        load_thresholds_file(path)
+    assert str(err.value).startswith(f"{path}[0]: ") and fragment in str(err.value)
+
+
+def _baseline(tmp_path, rows, samples_dir=False):
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({"run": {}, "results": rows}))
+    if samples_dir:
+        (tmp_path / "samples").mkdir()
+    return str(path)
+
+
+BASE_ROW = {"property": "accuracy", "model": "world-rn-tiny:random", "dataset": "world:test", "condition": "",
+            "metric": "top1", "value": 0.5, "samples": None}
+
+
+@pytest.mark.parametrize("rows, fragment", [
+    ([BASE_ROW, {k: v for k, v in BASE_ROW.items() if k != "property"}],
+     "results[1] lacks the field 'property' (every row needs property, model, dataset, condition, metric, value); "
+     "pass a robustness.json written by this harness"),
+    ([[1, 2]], "results[0] lacks the field 'property'"),
+    ([{**BASE_ROW, "samples": "samples/abc.npz"}],
+     "its rows reference per-sample files (samples/abc.npz) but"),
+])
+def test_baseline_rows_and_samples_are_checked_at_start(tmp_path, rows, fragment):
+    """Case 15: a baseline missing fields or its samples/ folder is one sentence at start, not a KeyError later."""
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, baseline=_baseline(tmp_path, rows))
+    assert fragment in str(err.value) and "base.json" in str(err.value)
+
+
+def test_baseline_with_samples_folder_is_accepted(tmp_path):
+    rows = [{**BASE_ROW, "samples": "samples/abc.npz"}]
+    assert _build(tmp_path, baseline=_baseline(tmp_path, rows, samples_dir=True)).baseline is not None
+
+
+def test_baseline_without_any_run_model_is_a_usage_error(tmp_path):
+    """Case 3: a baseline of other models would compare nothing; a mapping makes it usable."""
+    path = _baseline(tmp_path, [{**BASE_ROW, "model": "a"}, {**BASE_ROW, "model": "b"}])
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, baseline=path)
+    assert str(err.value) == (f"--baseline {path} holds models [a, b]; none of this run's models "
+                              "[world-rn-tiny:random] is among them; pass --baseline-model world-rn-tiny:random=a")
+    assert _build(tmp_path, baseline=path, baseline_models=["a"]).baseline_models == {"world-rn-tiny:random": "a"}
+    # only some models lacking one: allowed (the header warns)
+    two = _build(tmp_path, baseline=_baseline(tmp_path, [BASE_ROW]),
+                 models=["world-rn-tiny:random", "world-vit-tiny:random"])
+    from plugins.config import models_without_baseline
+
+    assert models_without_baseline(two.models, two.baseline_models, two.baseline)[0] == ["world-vit-tiny:random"]
+
+
+def test_data_names_and_imagefolder_options_are_checked_at_start(tmp_path):
+    """Issue 13 case 4: an unknown --data name is a usage error with a suggestion; imagefolder options parsed."""
+    from PIL import Image
+
+    def build(*data):
+        return build_config(models=["embedded:rn-clip"], data=list(data), thresholds=None, baseline=None,
+                            report_dir="r", limit=None, seed=0, device="cpu", strict=False, templates=[],
+                            cache_dir=None, rootdir=tmp_path)
+
+    with pytest.raises(ConfigError, match=r"--data imagenett=\.\.\.: unknown dataset name; did you mean 'imagenet'\?"):
+        build(f"imagenett={tmp_path}")
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "cat" / "a.png")
+    (tmp_path / "t.txt").write_text("a {c}.\n")
+    config = build(f"imagefolder:pets={tmp_path / 'd'};templates={tmp_path / 't.txt'}")
+    assert config.data == {"imagefolder:pets": tmp_path / "d"}
+    assert config.data_options == {"imagefolder:pets": {"templates": tmp_path / "t.txt"}}
+    assert config.to_json()["data_options"] == {"imagefolder:pets": {"templates": str(tmp_path / "t.txt")}}

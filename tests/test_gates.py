@@ -48,3 +48,58 @@ def test_last_matching_rule_wins():
     assert select_threshold(rules, ROW).origin == "cli"
     assert select_threshold(rules, ROW, kind="regression").origin == "regression only"
     assert select_threshold(rules, {**ROW, "metric": "nll"}) is None
+
+
+def _cell(**kw):
+    return {**ROW, "dataset": "world:test", "condition": "", "gate": None, "extra": {}, **kw}
+
+
+def test_rule_audit_counts_cells_and_tells_typos_from_rules_for_other_runs():
+    """Case 2 (b): a rule that matched no cell although its property and model ran is 'unmatched' (a typo,
+    with a suggestion); a rule of a property or model that did not run is 'not applicable'."""
+    from plugins.gates import audit
+
+    rules = [Threshold("calibration", "ece", max=0.1, origin="g[0]"),
+             Threshold("calibration", "ece", dataset="world:tset", max=0.1, origin="g[1]"),
+             Threshold("calibration", "ece", model="embeded:*", max=0.1, origin="g[2]"),
+             Threshold("ood", "auroc", min=0.9, origin="g[3]"),
+             Threshold("calibration", "ece", max_drop=0.01, origin="g[4]"),
+             Threshold("calibration", "e*", max=0.2, origin="g[5]")]  # last match: gates both cells
+    gated = {"kind": "bound", "verdict": "pass", "rule": "g[5]"}
+    rows = [_cell(gate=gated), _cell(condition="scaling=temperature", gate=gated)]
+    result = audit(rules, rows, baseline=None, strict=False)
+    usage = {r["origin"]: r for r in result["rules"]}
+    assert (usage["g[5]"]["status"], usage["g[5]"]["matched"], usage["g[5]"]["gated"]) == ("applied", 2, 2)
+    assert usage["g[0]"]["status"] == "unused" and "a later rule" in usage["g[0]"]["note"]
+    assert usage["g[1]"]["status"] == "unmatched"
+    assert usage["g[1]"]["note"] == ("dataset 'world:tset' matches none of the 2 calibration cells of '*' "
+                                     "(did you mean 'world:test'?)")
+    assert (usage["g[2]"]["status"], usage["g[2]"]["note"]) == (
+        "not applicable", "no model of this run matches 'embeded:*' (did you mean 'embedded:*'?)")
+    assert usage["g[3]"]["status"] == "not applicable" and "no 'ood' cell" in usage["g[3]"]["note"]
+    assert usage["g[4]"]["status"] == "not applicable" and "needs --baseline" in usage["g[4]"]["note"]
+    assert result["failures"] == [] and len(result["warnings"]) == 1 and "g[1] matched no cell" in result["warnings"][0]
+    strict = audit(rules, rows, baseline=None, strict=True)
+    assert strict["failures"] == [f"threshold rule g[1] matched no cell: {usage['g[1]']['note']}."]
+
+
+def test_baseline_usage_per_model_and_zero_comparisons_fail():
+    """Case 3: per model how many cells were compared; a baseline compared with no cell fails the run."""
+    from plugins.gates import audit
+
+    compared = {"comparison": {"delta": 0.0}}
+    rows = [_cell(model="a", extra=compared), _cell(model="a"), _cell(model="b")]
+    result = audit([], rows, baseline="base.json", strict=False)
+    assert result["baseline"]["models"] == {"a": {"cells": 2, "compared": 1}, "b": {"cells": 1, "compared": 0}}
+    assert result["failures"] == [] and result["warnings"][0].startswith("b: none of its 1 cells has a counterpart")
+    nothing = audit([], [_cell(model="a")], baseline="base.json", strict=False)
+    assert nothing["failures"][0].startswith("--baseline base.json was compared with 0 of the 1 measured cells")
+
+
+def test_rule_sources_for_the_header():
+    from plugins.gates import rule_sources
+
+    rules = [Threshold("ood", "auroc", min=0.9, origin=f"pyproject.toml [tool.robustness] thresholds[{i}]")
+             for i in range(2)] + [Threshold("ood", "auroc", min=0.9, origin="ci/gates.toml[0]")]
+    assert rule_sources(rules) == "3 rules (2 from pyproject.toml [tool.robustness], 1 from ci/gates.toml)"
+    assert rule_sources([]) == "0 rules"

@@ -364,6 +364,19 @@ def test_unusable_sample_arrays_are_noted_not_raised(tmp_path):
     assert not section(tree, "ood").iter("svg")  # nothing drawable: no empty figure either
 
 
+def test_temperature_on_its_bound_gets_an_escaped_note(tmp_path):
+    at_bound = row("calibration", XSS, "world:test", "", "temperature", 100.0, hib=None)
+    at_bound["extra"] = {"temperature_at_bound": True, "temperature_bounds": [0.01, 100.0]}
+    fitted = row("calibration", M1, "world:test", "", "temperature", 1.7, hib=None)
+    fitted["extra"] = {"temperature_at_bound": False, "temperature_bounds": [0.01, 100.0]}
+    html = render_html({"run": {}, "results": [at_bound, fitted]}, report_dir=tmp_path)
+    notes = [p.all_text() for p in section(parse(html), "calibration").find("p", **{"class": "note"})]
+    assert notes == [f"The temperature fitted for {XSS} on world:test lies on its search bound (T=100, bounds "
+                     "[0.01, 100.0]): the NLL optimum is outside the range (a near-chance or perfectly separable "
+                     "model), so its scaling=temperature numbers use the bound."]
+    assert XSS not in html
+
+
 def test_property_sections_follow_the_documented_order(rendered):
     _, _, _, tree = rendered
     order = [s.attrs["data-property"] for s in tree.root.find("section") if "data-property" in s.attrs]

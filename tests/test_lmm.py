@@ -320,3 +320,29 @@ def test_unusable_tower_spec_fails_with_one_sentence(run_harness, tmp_path):
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*its CLIP tower 'nosuch:x' cannot be used*unknown open_clip architecture*"])
     result.stdout.no_fnmatch_line("*During handling of the above exception*")
+
+
+def test_lmm_on_a_real_imagenet_d_folder_with_syntax_characters_in_class_names(run_harness, tmp_path):
+    """Real images arrive as writable arrays (a read-only one makes torch warn, which fails a run with
+    warnings as errors), and class folders named with '=' or ';' are escaped in the conditions."""
+    from PIL import Image
+
+    from fixtures.conditions import parse_condition
+
+    root = tmp_path / "ImageNet-D"
+    rng = np.random.default_rng(0)
+    for k, folder in enumerate(["cube", "cup=mug", "prism;hex"]):
+        for i in range(2):
+            path = root / "background" / folder / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    folder = tiny_llava(tmp_path / "tiny-oc", tower="open_clip")
+    report = tmp_path / "rep"
+    result = run_harness(str(Path(__file__).parents[1] / "robustness_tests" / "test_lmm.py"), "--model", RANDOM_MODEL,
+                         f"--lmm={folder}", f"--data=imagenet-d={root}", "-k", "test_lmm_real", f"--report-dir={report}",
+                         "-W", "error::UserWarning", "-q")
+    result.assert_outcomes(passed=1, deselected=5)
+    rows = json.loads((report / "robustness.json").read_text())["results"]
+    classes = {parse_condition(r["condition"]).get("class") for r in rows} - {None}
+    assert classes == {"cube", "cup=mug", "prism;hex"}
+    assert {r["dataset"] for r in rows} == {"imagenet-d:background"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,7 @@ def test_top1(record):
 
 
 def test_baseline_end_to_end(pytester, run_harness, monkeypatch):
+    monkeypatch.setenv("MODEL", RANDOM_MODEL)  # rows of the run's model (a baseline of no run model is refused)
     pytester.makepyfile(test_acc=RECORDING)
     pytester.makefile(".toml", gates='[[thresholds]]\nproperty="accuracy"\nmetric="top1"\nmax_drop=0.01\n')
     run_harness("--model", RANDOM_MODEL).assert_outcomes(passed=1)
@@ -123,13 +125,14 @@ def test_baseline_end_to_end(pytester, run_harness, monkeypatch):
     monkeypatch.setenv("QUALITY", "1")  # a worse model on the same items
     worse = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--thresholds", "gates.toml")
     assert worse.ret == 1
-    worse.stdout.fnmatch_lines(["*top1 0.9* -> 0.* (Δ=-0.*) vs baseline m drops by more than the tolerance 0.01*"])
+    worse.stdout.fnmatch_lines([f"*top1 0.9* -> 0.* (Δ=-0.*) vs baseline {RANDOM_MODEL} drops by more than the "
+                                "tolerance 0.01*"])
 
     monkeypatch.setenv("MODEL", "renamed")
-    renamed = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--baseline-model", "renamed=m",
-                          "--thresholds", "gates.toml")
+    renamed = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--baseline-model",
+                          f"renamed={RANDOM_MODEL}", "--thresholds", "gates.toml")
     assert renamed.ret == pytest.ExitCode.USAGE_ERROR  # 'renamed' is not a model of the run
-    renamed.stderr.fnmatch_lines(["*--baseline-model 'renamed=m': 'renamed' is not a model of this run*"])
+    renamed.stderr.fnmatch_lines([f"*--baseline-model 'renamed={RANDOM_MODEL}': 'renamed' is not a model of this run*"])
 
 
 def test_merging_two_shards_gives_the_rows_of_one_run(pytester, run_harness):
@@ -212,3 +215,77 @@ def test_linear_head_child_is_compared_with_parent_zero_shot_head(tmp_path):
     assert baseline.counterpart(row, templates="single") == base_row
     assert baseline.counterpart(row, templates="openai") is None
     assert baseline.counterpart({**row, "condition": "scaling=none;templates=single"}, templates="single") is None
+
+
+CELL = '''
+import os
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.accuracy
+
+def test_top1(record):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 300)
+    logits = rng.normal(0, 1, (300, 5)).astype(np.float32)
+    logits[np.arange(300), labels] += 3
+    record.proportion("top1", logits.argmax(1) == labels, dataset=os.environ.get("DATASET", "d"),
+                      model=os.environ["MODEL"], samples={"logits": logits, "labels": labels})
+'''
+
+
+def _baseline_run(pytester, run_harness):
+    pytester.makepyfile(test_acc=CELL)
+    pytester.makefile(".toml", gates='[[thresholds]]\nproperty="accuracy"\nmetric="top1"\nmax_drop=0.01\n')
+    run_harness("--model", RANDOM_MODEL).assert_outcomes(passed=1)
+    (pytester.path / "reports").rename(pytester.path / "base")
+    return pytester.path / "base" / "robustness.json"
+
+
+def test_baseline_that_compares_nothing_fails_the_run(pytester, run_harness, monkeypatch):
+    """Case 3: a baseline sharing no cell with the run would skip every max_drop gate without a word."""
+    monkeypatch.setenv("MODEL", RANDOM_MODEL)
+    baseline = _baseline_run(pytester, run_harness)
+    other = "world-vit-tiny:random"
+    same = run_harness("--model", RANDOM_MODEL, "--model", other, "--baseline", str(baseline),
+                       "--thresholds", "gates.toml")
+    assert same.ret == 0
+    same.stdout.fnmatch_lines([f"robustness: WARNING: --baseline {baseline} holds no model {other} *--baseline-model*",
+                               "rule gates.toml[[]0]: accuracy/top1: 0 gated, 1 compared - applied",
+                               f"baseline {baseline}: 1 of 1 cells compared ({RANDOM_MODEL}: 1/1)"])
+
+    monkeypatch.setenv("DATASET", "other")  # same model, no shared cell
+    nothing = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--thresholds", "gates.toml")
+    assert nothing.ret == 1
+    nothing.assert_outcomes(passed=1)
+    nothing.stdout.fnmatch_lines([f"FAILED: --baseline {baseline} was compared with 0 of the 1 measured cells: none "
+                                  "has a counterpart there *so no regression gate checked anything*"])
+    gates = json.loads((pytester.path / "reports" / "robustness.json").read_text())["run"]["gates"]
+    assert gates["baseline"]["models"] == {RANDOM_MODEL: {"cells": 1, "compared": 0}}
+
+    monkeypatch.setenv("MODEL", "m")  # no run model in the baseline: refused before any test runs
+    monkeypatch.delenv("DATASET")
+    foreign = run_harness("--model", other, "--baseline", str(baseline))
+    assert foreign.ret == pytest.ExitCode.USAGE_ERROR
+    foreign.stderr.fnmatch_lines([f"*--baseline {baseline} holds models [[]{RANDOM_MODEL}]; none of this run's models "
+                                  f"[[]{other}] is among them; pass --baseline-model {other}={RANDOM_MODEL}"])
+
+
+def test_missing_baseline_sample_file_falls_back_to_an_unpaired_comparison(pytester, run_harness, monkeypatch):
+    """Case 15: a per-sample file gone from the baseline's samples/ is a note in the comparison, not a traceback;
+    a baseline without its samples/ folder at all is refused at start."""
+    monkeypatch.setenv("MODEL", RANDOM_MODEL)
+    baseline = _baseline_run(pytester, run_harness)
+    (rel,) = [r["samples"] for r in json.loads(baseline.read_text())["results"]]
+    (baseline.parent / rel).unlink()
+    result = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--thresholds", "gates.toml")
+    result.assert_outcomes(passed=1)
+    row = json.loads((pytester.path / "reports" / "robustness.json").read_text())["results"][0]
+    assert row["extra"]["comparison"]["method"] == (
+        f"unpaired (the baseline's per-sample file {rel} is missing or unreadable)")
+    shutil.rmtree(baseline.parent / "samples")
+    refused = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline))
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*its rows reference per-sample files (samples/*.npz) but * is missing; copy the "
+                                  "baseline report's samples/ folder next to robustness.json"])
+    assert "Traceback" not in refused.stderr.str() + result.stdout.str()
