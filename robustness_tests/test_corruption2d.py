@@ -13,7 +13,8 @@ Run size: the world test split's first 50 images per cell by default (19 familie
 the models of a process and embeddings are cached). ``--limit N`` sets the number of images per
 cell instead (up to the split's 1,000). Real data: ``--data imagenet-c=PATH`` in the published
 layout ``<corruption>/<severity>/<wnid>/*.JPEG``; with ``--data imagenet=PATH`` too, relative
-accuracy is to ImageNet val.
+accuracy is to ImageNet val. A custom set (``--data "imagefolder:NAME=PATH"``) is corrupted here, as
+the world's images are (its first 50 images spread over classes, or ``--limit``).
 """
 from __future__ import annotations
 
