@@ -124,8 +124,11 @@ def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, deci
     for key in ("metric", "dataset", "condition"):
         pattern, values = getattr(rule, key), {r[key] for r in scope}
         if not any(fnmatchcase(v, pattern) for v in values):
+            hint = did_you_mean(pattern, values)
+            if key == "dataset" and not hint:  # a dataset this run was not given (a real --data set), not a typo
+                return NOT_APPLICABLE, f"no {pattern!r} cell was measured in this run"
             return UNMATCHED, (f"{key} {pattern!r} matches none of the {len(scope)} {rule.property} cells of "
-                               f"{rule.model!r}" + did_you_mean(pattern, values))
+                               f"{rule.model!r}" + hint)
     return UNMATCHED, "no cell matches its metric, dataset and condition together"
 
 
@@ -159,17 +162,20 @@ def baseline_usage(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
 
 
 def audit(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: str | None,
-          strict: bool) -> dict[str, Any]:
+          strict: bool, selection: bool = False) -> dict[str, Any]:
     """The run's gate audit for the report (``run["gates"]``): rule usage, baseline usage, and the
-    sentences that fail the run (``failures``) or only warn (``warnings``)."""
+    sentences that fail the run (``failures``) or only warn (``warnings``). ``selection``: a -k/-m or
+    node-id selection is active, so an unmatched rule's cells may have been deselected (it only warns)."""
     usage = rule_usage(rules, rows, baseline=baseline is not None)
     failures: list[str] = []
     warnings: list[str] = []
     for rule in usage:
         if rule["status"] == UNMATCHED:
-            (failures if strict else warnings).append(
-                f"threshold rule {rule['origin']} matched no cell: {rule['note']}"
-                + ("" if strict else " (--rb-strict fails the run on it)") + ".")
+            fails = strict and not selection
+            why = "" if fails else (" (a -k/-m selection is active, so its cells may be deselected)" if selection
+                                    else " (--rb-strict fails the run on it)")
+            (failures if fails else warnings).append(
+                f"threshold rule {rule['origin']} matched no cell: {rule['note']}{why}.")
     base = baseline_usage(rows, baseline) if baseline is not None else None
     if base and base["cells"] and not base["compared"]:
         failures.append(

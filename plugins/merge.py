@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fixtures._io import atomic_write_text
-from plugins.report import sort_rows
+from plugins.report import new_run_id, sort_rows
 
 KEY = ("property", "model", "dataset", "condition", "metric")
 
@@ -61,14 +61,19 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
         raise MergeError(f"shards were run with different seeds {sorted(map(str, seeds))}; merge runs of one seed")
     models: dict[str, Any] = {}
     for _, data in reports:
-        models.update(data["run"].get("models", {}))
+        for model_id, info in (data["run"].get("models") or {}).items():
+            # a model one shard measured and another did not run ("not measured") is measured
+            if model_id not in models or _status_rank(info) > _status_rank(models[model_id]):
+                models[model_id] = info
     run = {
         **first,
         "wall_time_s": sum(d["run"].get("wall_time_s") or 0 for _, d in reports),
         "cache": {k: sum((d["run"].get("cache") or {}).get(k, 0) for _, d in reports) for k in ("hits", "misses")},
         "models": dict(sorted(models.items())),
-        "shards": [{"path": str(p), "git_commit": d["run"].get("git_commit"), "started_at": d["run"].get("started_at"),
-                    "rows": len(d["results"])} for p, d in reports],
+        "run_id": new_run_id(),  # the merged report is a new unit; each shard's id is under "shards"
+        "problems": [p for _, d in reports for p in d["run"].get("problems") or []],
+        "shards": [{"path": str(p), "run_id": d["run"].get("run_id"), "git_commit": d["run"].get("git_commit"),
+                    "started_at": d["run"].get("started_at"), "rows": len(d["results"])} for p, d in reports],
     }
     merged = {"run": run, "results": sort_rows(list(rows.values()))}
     atomic_write_text(out_dir / "robustness.json", json.dumps(merged, indent=1) + "\n")
@@ -76,6 +81,11 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
 
     write_html(merged, out_dir / "robustness.html")
     return merged
+
+
+def _status_rank(info: dict[str, Any]) -> int:
+    status = str(info.get("status", "measured"))  # reports before run ids had measured models only
+    return 2 if status == "measured" else 1 if status.startswith("failed to load") else 0
 
 
 def _same_value(a: dict[str, Any], b: dict[str, Any]) -> bool:

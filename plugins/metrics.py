@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,13 +33,16 @@ from scipy import special, stats
 from scipy.optimize import minimize_scalar
 
 __all__ = [
+    "BATCHED",
     "METRICS",
+    "BatchedForm",
     "EffectiveRobustnessFit",
     "MetricInfo",
     "UndefinedMetricWarning",
     "adaptive_calibration_error",
     "aupr_in_score",
     "aupr_out_score",
+    "batched_form",
     "brier_score",
     "calibration_bins",
     "consistency_rate",
@@ -244,6 +248,81 @@ def _l2_normalise(emb: np.ndarray, name: str, *, validate: bool) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Batched forms: a statistic over many bootstrap resamples at once (read by plugins.stats)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchedForm:
+    """How ``plugins.stats`` evaluates a statistic on B resamples in one vectorised pass.
+
+    ``per_item(*arrays, **options)`` reduces the data once to per-item summaries (e.g. top-label
+    confidence and correctness instead of the (N, C) probabilities), or returns None for inputs it
+    does not cover (the bootstrap then calls the statistic per resample). ``from_resamples(summaries,
+    *indices, **options)`` takes one (B, k) index matrix per sample (each row one resample's items)
+    and returns the (B,) values, equal up to summation order to the statistic on each row's items.
+    ``options``: the keyword options both accept (``validate`` is ignored: inputs were checked once);
+    ``samples``: how many index matrices ``from_resamples`` takes (2 for ID and OOD scores). Registered in :data:`BATCHED` next to each metric; looked up by :func:`batched_form`.
+    """
+
+    per_item: Callable[..., Any]
+    from_resamples: Callable[..., np.ndarray]
+    options: frozenset[str] = frozenset()
+    samples: int = 1
+
+
+BATCHED: dict[Callable[..., Any], BatchedForm] = {}
+
+
+def _row_bincount(keys: np.ndarray, n_keys: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """np.bincount of each row of a (B, k) key matrix -> (B, n_keys); sums ``weights`` (B, k) if given.
+    Each row's items are added in the same order as a bincount of that row alone (equal sums)."""
+    rows = keys.shape[0]
+    flat = (keys + n_keys * np.arange(rows)[:, None]).ravel()
+    out = np.bincount(flat, weights=None if weights is None else weights.ravel(), minlength=rows * n_keys)
+    return out.reshape(rows, n_keys)
+
+
+def _mean_items(x: Any) -> tuple[np.ndarray] | None:
+    arr = np.asarray(x)
+    return (arr,) if arr.ndim == 1 and arr.dtype.kind in "biuf" else None
+
+
+def _mean_from_resamples(summaries: tuple[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    return summaries[0][idx].mean(axis=1)
+
+
+# np.mean of per-item values (accuracy per item, retrieval hits per image, corruption per item)
+BATCHED[np.mean] = BatchedForm(_mean_items, _mean_from_resamples)
+
+
+def batched_form(statistic: Callable[..., Any]) -> tuple[BatchedForm, dict[str, Any]] | None:
+    """The registered :class:`BatchedForm` of ``statistic`` (a metric, or a ``functools.partial`` of one
+    with keyword options) and the options to call it with; None when there is none or an option is not
+    one it honours, and the bootstrap calls the statistic once per resample instead.
+
+    >>> form, options = batched_form(partial(expected_calibration_error, n_bins=10, validate=False))
+    >>> options
+    {'n_bins': 10}
+    >>> batched_form(lambda probs, labels: 0.0) is None
+    True
+    """
+    options: dict[str, Any] = {}
+    if isinstance(statistic, partial):  # partial() flattens nested partials
+        if statistic.args:
+            return None
+        statistic, options = statistic.func, dict(statistic.keywords)
+    try:
+        form = BATCHED.get(statistic)
+    except TypeError:  # an unhashable callable
+        return None
+    options.pop("validate", None)
+    if form is None or not set(options) <= form.options:
+        return None
+    return form, options
+
+
+# --------------------------------------------------------------------------------------------
 # Classification and calibration
 # --------------------------------------------------------------------------------------------
 
@@ -414,6 +493,60 @@ def brier_score(probs: Any, labels: Any, *, validate: bool = True) -> float:
     sq = np.square(p, dtype=np.float64).sum(axis=1)  # (N,)
     p_true = p[np.arange(y.size), y].astype(np.float64)  # (N,)
     return float(np.mean(sq - 2.0 * p_true + 1.0))
+
+
+# Batched forms: resamples see per-item summaries (N,), never the (N, C) probabilities.
+def _top_label_items(probs: Any, labels: Any, **_: Any) -> tuple[np.ndarray, np.ndarray]:
+    p, y = _classification(probs, labels, "probs", probs=True, validate=False)
+    return p.max(axis=1).astype(np.float64), (p.argmax(axis=1) == y).astype(np.float64)  # (N,) each
+
+
+def _calibration_gap_from_resamples(summaries: tuple[np.ndarray, np.ndarray], idx: np.ndarray, *,
+                                    n_bins: int = 15, strategy: str, reduce: str) -> np.ndarray:
+    """_calibration_gap of each row of ``idx`` (B, k): bins as in calibration_bins, one bincount for all rows."""
+    conf_all, correct = summaries
+    conf = conf_all[idx]  # (B, k)
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        bins = np.clip(np.searchsorted(edges, conf_all, side="left") - 1, 0, n_bins - 1)[idx]
+    else:  # per-row quantile edges; searchsorted(edges, c, "left") = number of edges below c
+        edges = np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1), axis=1).T  # (B, n_bins + 1)
+        edges[:, 0], edges[:, -1] = 0.0, 1.0
+        bins = np.zeros(conf.shape, dtype=np.int64)
+        for j in range(n_bins + 1):
+            bins += conf > edges[:, j:j + 1]
+        bins = np.clip(bins - 1, 0, n_bins - 1)
+    counts = _row_bincount(bins, n_bins)  # (B, n_bins)
+    filled = counts > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gaps = np.abs(_row_bincount(bins, n_bins, correct[idx]) / counts - _row_bincount(bins, n_bins, conf) / counts)
+    if reduce == "max":
+        return np.where(filled, gaps, -np.inf).max(axis=1)
+    return np.where(filled, counts / idx.shape[1] * gaps, 0.0).sum(axis=1)
+
+
+def _nll_items(probs: Any, labels: Any) -> tuple[np.ndarray]:
+    p, y = _classification(probs, labels, "probs", probs=True, validate=False)
+    return (np.log(np.clip(p[np.arange(y.size), y].astype(np.float64), _NLL_EPS, 1.0)),)  # (N,) log p_true
+
+
+def _brier_items(probs: Any, labels: Any) -> tuple[np.ndarray]:
+    p, y = _classification(probs, labels, "probs", probs=True, validate=False)
+    p_true = p[np.arange(y.size), y].astype(np.float64)
+    return (np.square(p, dtype=np.float64).sum(axis=1) - 2.0 * p_true + 1.0,)  # (N,) per-item Brier terms
+
+
+_BINS = frozenset({"n_bins"})
+BATCHED.update({
+    expected_calibration_error: BatchedForm(
+        _top_label_items, partial(_calibration_gap_from_resamples, strategy="uniform", reduce="mean"), _BINS),
+    adaptive_calibration_error: BatchedForm(
+        _top_label_items, partial(_calibration_gap_from_resamples, strategy="quantile", reduce="mean"), _BINS),
+    max_calibration_error: BatchedForm(
+        _top_label_items, partial(_calibration_gap_from_resamples, strategy="uniform", reduce="max"), _BINS),
+    negative_log_likelihood: BatchedForm(_nll_items, lambda s, idx: -np.mean(s[0][idx], axis=1)),
+    brier_score: BatchedForm(_brier_items, _mean_from_resamples),
+})
 
 
 def _nll_of_logits(z: np.ndarray, y: np.ndarray) -> float:
@@ -617,6 +750,70 @@ def aupr_out_score(scores_in: Any, scores_out: Any, *, validate: bool = True) ->
     """
     pair = _ood_pair(scores_in, scores_out, "aupr_out_score", validate=validate)
     return math.nan if pair is None else _average_precision(-pair[1], -pair[0])
+
+
+# Batched forms: ID and OOD are resampled apart (idx_in (B, k), idx_out (B, l)); each resample is a
+# vector of item counts, so ranks, thresholds and precision-recall points come from cumulative counts
+# over the scores sorted once.
+def _ood_items(scores_in: Any, scores_out: Any, **_: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    s_in, s_out = np.asarray(scores_in), np.asarray(scores_out)
+    if s_in.ndim != 1 or s_out.ndim != 1 or not s_in.size or not s_out.size:
+        return None  # undefined or not scores: the per-resample call says why
+    return s_in, s_out
+
+
+def _counts_below(scores: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scores`` sorted, and (B, N + 1) counts of each row's resampled items below each sorted position."""
+    order = np.argsort(scores, kind="stable")
+    position = np.empty(scores.size, dtype=np.int64)
+    position[order] = np.arange(scores.size)
+    counts = _row_bincount(position[idx], scores.size)  # (B, N) in ascending score order
+    return scores[order], np.concatenate([np.zeros((idx.shape[0], 1), np.int64), np.cumsum(counts, axis=1)], axis=1)
+
+
+def _auroc_from_resamples(summaries: tuple[np.ndarray, np.ndarray], idx_in: np.ndarray,
+                          idx_out: np.ndarray) -> np.ndarray:
+    s_in, s_out = summaries
+    sorted_out, below = _counts_below(s_out, idx_out)  # below[b, t]: resampled OOD items under sorted_out[t]
+    less = np.take_along_axis(below, np.searchsorted(sorted_out, s_in, side="left")[idx_in], axis=1)
+    less_or_equal = np.take_along_axis(below, np.searchsorted(sorted_out, s_in, side="right")[idx_in], axis=1)
+    twice_u = (less + less_or_equal).sum(axis=1)  # exact integers: 2 * Mann-Whitney U
+    return twice_u / 2 / (idx_in.shape[1] * idx_out.shape[1])
+
+
+def _fpr_from_resamples(summaries: tuple[np.ndarray, np.ndarray], idx_in: np.ndarray, idx_out: np.ndarray, *,
+                        tpr: float = 0.95) -> np.ndarray:
+    s_in, s_out = summaries
+    k = max(1, math.ceil(float(tpr) * idx_in.shape[1] - 1e-9))  # as in fpr_at_tpr
+    sorted_in, below_in = _counts_below(s_in, idx_in)
+    at_or_above = below_in[:, -1:] - below_in[:, :-1]  # (B, N): resampled ID items at sorted position >= t
+    threshold = sorted_in[(at_or_above >= k).sum(axis=1) - 1]  # (B,) the k-th largest resampled ID score
+    sorted_out, below_out = _counts_below(s_out, idx_out)
+    under = below_out[np.arange(idx_out.shape[0]), np.searchsorted(sorted_out, threshold, side="left")]
+    return (idx_out.shape[1] - under) / idx_out.shape[1]
+
+
+def _average_precision_from_resamples(positive: np.ndarray, negative: np.ndarray, idx_pos: np.ndarray,
+                                      idx_neg: np.ndarray) -> np.ndarray:
+    """_average_precision of each resample: one point per distinct score of the full data (a score
+    absent from a resample adds a zero recall step, so the sum is unchanged)."""
+    distinct = np.unique(np.concatenate([positive, negative]))  # ascending
+    group_of = lambda s: distinct.size - 1 - np.searchsorted(distinct, s)  # noqa: E731 descending rank
+    tps = np.cumsum(_row_bincount(group_of(positive)[idx_pos], distinct.size), axis=1)  # (B, U)
+    seen = tps + np.cumsum(_row_bincount(group_of(negative)[idx_neg], distinct.size), axis=1)
+    precision = tps / np.maximum(seen, 1)  # 0 before the first item (its recall step is 0 too)
+    recall = tps / idx_pos.shape[1]
+    return (np.diff(recall, axis=1, prepend=0.0) * precision).sum(axis=1)
+
+
+BATCHED.update({
+    ood_auroc_score: BatchedForm(_ood_items, _auroc_from_resamples, samples=2),
+    fpr_at_tpr: BatchedForm(_ood_items, _fpr_from_resamples, frozenset({"tpr"}), samples=2),
+    aupr_in_score: BatchedForm(_ood_items, lambda s, i, j: _average_precision_from_resamples(s[0], s[1], i, j),
+                               samples=2),
+    aupr_out_score: BatchedForm(_ood_items, lambda s, i, j: _average_precision_from_resamples(-s[1], -s[0], j, i),
+                                samples=2),
+})
 
 
 # --------------------------------------------------------------------------------------------

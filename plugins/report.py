@@ -263,8 +263,11 @@ class ReportSession:
 
         if self._audit[0] != len(self.rows):
             baseline = None if self.config.baseline is None else str(self.config.baseline)
+            option = self.pytest_config.option
+            selection = bool(getattr(option, "keyword", "") or getattr(option, "markexpr", "")
+                             or any("::" in str(arg) for arg in self.pytest_config.args))
             self._audit = (len(self.rows), audit(self.config.thresholds, self.rows, baseline=baseline,
-                                                 strict=self.config.strict))
+                                                 strict=self.config.strict, selection=selection))
         return self._audit[1]
 
     def write_gate_summary(self, tr: Any) -> None:

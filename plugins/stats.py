@@ -13,30 +13,39 @@
 All resampling goes through ``scipy.stats.bootstrap`` over *item indices*: scipy resamples 1-D
 samples along one axis, while metrics take 2-D arrays and several arrays at once; resampling the
 index vector and indexing every array with it gives joint row resampling for any statistic, with
-scipy's interval methods (percentile, basic, BCa) and its batching. ``vectorized=False`` because
-metrics take one resample at a time. Undefined statistics give ``(nan, nan)`` with an
+scipy's interval methods (percentile, basic, BCa) and its batching. A statistic with a batched form
+(:func:`plugins.metrics.batched_form`: means, ECE/MCE/adaptive ECE, NLL, Brier, AUROC, FPR@TPR, AUPR)
+is evaluated on a whole (B, k) matrix of resampled indices at once (``vectorized=True``) from per-item
+summaries; any other runs once per resample (``vectorized=False``). scipy draws the same indices in
+both modes, so the two give the same interval up to floating-point summation order.
+Undefined statistics give ``(nan, nan)`` with an
 :class:`~plugins.metrics.UndefinedMetricWarning`, never an exception.
 
-Statistics run once per resample, so pass them with ``validate=False`` after validating the
-inputs once, e.g. ``functools.partial(expected_calibration_error, validate=False)``.
+Statistics without a batched form run once per resample, so pass them with ``validate=False`` after
+validating the inputs once, e.g. ``functools.partial(expected_calibration_error, validate=False)``.
+:func:`ci_cache_parts` names an interval for an on-disk cache (``fixtures.cache``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import sys
 import warnings
 import zlib
+from functools import lru_cache, partial
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
 
-from plugins.metrics import UndefinedMetricWarning
+from plugins.metrics import UndefinedMetricWarning, batched_form
 
 __all__ = [
     "bootstrap_ci",
     "bootstrap_ci_two_sample",
+    "ci_cache_parts",
     "mcnemar_test",
     "paired_bootstrap_delta",
     "proportion_ci",
@@ -83,10 +92,37 @@ def _nan_interval(message: str) -> Interval:
     return (math.nan, math.nan)
 
 
+def _batched(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *,
+             samples: int = 1) -> Callable[..., np.ndarray] | None:
+    """``statistic`` as a function of index matrices, evaluated on all their rows (resamples) at once from
+    per-item summaries, when it has a batched form covering ``arrays``; None: call it per resample.
+    ``samples=1``: one index matrix for every array (joint resampling, e.g. ID and OOD scores paired);
+    2: one per array (two-sample)."""
+    found = batched_form(statistic)
+    if found is None or samples not in (1, found[0].samples):
+        return None
+    form, options = found
+    summaries = form.per_item(*arrays, **options)
+    if summaries is None:
+        return None
+
+    def of_indices(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        # scipy passes (B, k) resamples per sample; BCa also passes the 1-D full index vectors, and its
+        # jackknife pairs (B, n - 1) rows of one sample with (1, m) rows of the other: broadcast the rows.
+        rows = [np.atleast_2d(i) for i in indices] * (form.samples // len(indices))
+        n_rows = max(r.shape[0] for r in rows)
+        rows = [np.broadcast_to(r, (n_rows, r.shape[1])) for r in rows]
+        values = np.asarray(form.from_resamples(summaries, *rows, **options), dtype=np.float64)
+        return values[0] if all(np.ndim(i) == 1 for i in indices) else values
+
+    return of_indices
+
+
 def _run_bootstrap(index_samples: tuple[np.ndarray, ...], stat_of_indices: Callable[..., float],
                    *, n_resamples: int, confidence: float, seed: int,
-                   method: Method) -> Any:
-    """scipy.stats.bootstrap over index vectors (per-resample degeneracy is left to _interval)."""
+                   method: Method, vectorized: bool = False) -> Any:
+    """scipy.stats.bootstrap over index vectors (per-resample degeneracy is left to _interval);
+    ``vectorized``: ``stat_of_indices`` takes (B, k) index matrices (see _batched)."""
     n_max = max(len(i) for i in index_samples)
     batch = max(1, min(n_resamples, _MAX_BATCH_ENTRIES // max(n_max, 1)))
     # A resample with one class makes a metric warn and return nan, and BCa divides by zero on a
@@ -95,7 +131,7 @@ def _run_bootstrap(index_samples: tuple[np.ndarray, ...], stat_of_indices: Calla
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         return stats.bootstrap(index_samples, stat_of_indices, n_resamples=n_resamples,
-                               batch=batch, vectorized=False, paired=False,
+                               batch=batch, vectorized=vectorized, paired=False,
                                confidence_level=confidence, method=method,
                                rng=np.random.default_rng(seed))
 
@@ -140,8 +176,10 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays: Any, n_resamples: int
     if not math.isfinite(point):
         return _nan_interval(f"bootstrap_ci: the statistic is {point} on the full data, so it has "
                              "no interval")
-    res = _run_bootstrap((np.arange(n),), lambda i: float(statistic(*(a[i] for a in data))),
-                         n_resamples=n_resamples, confidence=confidence, seed=seed, method=method)
+    batched = _batched(statistic, data)
+    res = _run_bootstrap((np.arange(n),), batched or (lambda i: float(statistic(*(a[i] for a in data)))),
+                         n_resamples=n_resamples, confidence=confidence, seed=seed, method=method,
+                         vectorized=batched is not None)
     return _interval(res, "bootstrap_ci")
 
 
@@ -175,9 +213,11 @@ def bootstrap_ci_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float]
     if not math.isfinite(point):
         return _nan_interval(f"bootstrap_ci_two_sample: the statistic is {point} on the full "
                              "data, so it has no interval")
+    batched = _batched(statistic, (xa, xb), samples=2)
     res = _run_bootstrap((np.arange(xa.shape[0]), np.arange(xb.shape[0])),
-                         lambda i, j: float(statistic(xa[i], xb[j])),
-                         n_resamples=n_resamples, confidence=confidence, seed=seed, method=method)
+                         batched or (lambda i, j: float(statistic(xa[i], xb[j]))),
+                         n_resamples=n_resamples, confidence=confidence, seed=seed, method=method,
+                         vectorized=batched is not None)
     return _interval(res, "bootstrap_ci_two_sample")
 
 
@@ -222,8 +262,12 @@ def paired_bootstrap_delta(statistic: Callable[..., float], cand_arrays: Sequenc
     if not math.isfinite(delta):
         _nan_interval(f"paired_bootstrap_delta: the difference is {delta} on the full data")
         return nan_result
-    res = _run_bootstrap((np.arange(n),), delta_of, n_resamples=n_resamples,
-                         confidence=confidence, seed=seed, method="percentile")
+    cand_batched, base_batched = _batched(statistic, cand), _batched(statistic, base)
+    vectorized = cand_batched is not None and base_batched is not None
+    res = _run_bootstrap((np.arange(n),),
+                         (lambda i, axis=-1: cand_batched(i) - base_batched(i)) if vectorized else delta_of,
+                         n_resamples=n_resamples, confidence=confidence, seed=seed, method="percentile",
+                         vectorized=vectorized)
     lo, hi = _interval(res, "paired_bootstrap_delta")
     if math.isnan(lo):
         return (delta, (lo, hi), math.nan)
@@ -317,3 +361,82 @@ def seed_for(global_seed: int, key: str) -> int:
     if not isinstance(key, str):
         raise TypeError(f"key must be a str (e.g. the test node id); got {type(key).__name__}")
     return (int(global_seed) + zlib.crc32(key.encode("utf-8"))) % 2**32
+
+
+# Bump when a change here or in plugins.metrics changes an interval without changing these files' text
+# (their sources are part of the key anyway).
+CI_CACHE_VERSION = 1
+_STABLE_OPTION = (bool, int, float, str, type(None))
+
+
+def _callable_name(fn: Any) -> str | None:
+    """``module.qualname`` of a module-level function; None for a lambda or a local function."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    return None if not module or not qualname or "<" in qualname else f"{module}.{qualname}"
+
+
+def _statistic_identity(statistic: Callable[..., Any]) -> str | None:
+    """A name for ``statistic`` that is the same in every process: the function's name plus a partial's
+    options; None when it has none (lambdas, closures, options without a stable repr)."""
+    args, options = (), {}
+    if isinstance(statistic, partial):
+        statistic, args, options = statistic.func, statistic.args, statistic.keywords
+    name = _callable_name(statistic)
+    values = [*args, *options.values()]
+    if name is None or not all(isinstance(v, _STABLE_OPTION) for v in values):
+        return None
+    return f"{name}{args!r}{sorted(options.items())!r}"
+
+
+@lru_cache(maxsize=None)
+def _source_digest(module: str) -> str:
+    """sha256 of a loaded module's source file ("" without one): an edited metric never hits."""
+    path = getattr(sys.modules.get(module), "__file__", None)
+    if not path:
+        return ""
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def _arrays_digest(arrays: Sequence[Any]) -> str | None:
+    digest = hashlib.sha256()
+    for a in arrays:
+        arr = np.ascontiguousarray(a)
+        if arr.dtype.hasobject:
+            return None
+        digest.update(f"{arr.dtype.str}{arr.shape};".encode())
+        digest.update(arr.data)
+    return digest.hexdigest()
+
+
+def ci_cache_parts(statistic: Callable[..., Any], arrays: Sequence[Any], *, two_sample: bool, seed: int,
+                   n_resamples: int = 1000, confidence: float = 0.95,
+                   method: Method = "percentile") -> dict[str, Any] | None:
+    """What determines a bootstrap interval, for an on-disk cache key (``fixtures.cache.cache_key``): a
+    digest of the sample arrays, the statistic's name and options, the resampling settings, and the
+    sources and versions of the code that computes it. None when the statistic has no stable name (a
+    lambda or a closure): such an interval is recomputed every run.
+
+    >>> from plugins.metrics import expected_calibration_error
+    >>> ece = partial(expected_calibration_error, n_bins=15, validate=False)
+    >>> probs, labels = np.full((4, 2), 0.5), np.array([0, 1, 1, 0])
+    >>> parts = ci_cache_parts(ece, (probs, labels), two_sample=False, seed=1)
+    >>> parts["statistic"]
+    "plugins.metrics.expected_calibration_error()[('n_bins', 15), ('validate', False)]"
+    >>> ci_cache_parts(ece, (probs, labels[::-1]), two_sample=False, seed=1) == parts
+    False
+    >>> ci_cache_parts(lambda p, y: 0.0, (probs, labels), two_sample=False, seed=1) is None
+    True
+    """
+    identity = _statistic_identity(statistic)
+    samples = _arrays_digest(arrays) if identity is not None else None
+    if samples is None:
+        return None
+    func = statistic.func if isinstance(statistic, partial) else statistic
+    import scipy
+
+    return {"kind": "bootstrap_ci", "ci_cache_version": CI_CACHE_VERSION, "statistic": identity,
+            "samples": samples, "two_sample": bool(two_sample), "seed": int(seed),
+            "n_resamples": int(n_resamples), "confidence": float(confidence), "method": method,
+            "sources": [_source_digest(m) for m in ("plugins.stats", "plugins.metrics", func.__module__)],
+            "versions": [np.__version__, scipy.__version__]}

@@ -34,12 +34,11 @@ import pytest
 from fixtures import imagenet_x
 from fixtures.conditions import condition
 from fixtures.counterexamples import MAX_EXAMPLES, model_predictor, search_counterexample, single_thread
-from fixtures.datasets import DatasetError
+from fixtures.datasets import DatasetError, render_specs
 from fixtures.embed import classifier_logits, head_choices
 from fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, factor_effective_robustness,
                               factor_suite)
 from fixtures.real_data import load_real_set, parametrize_real_sets
-from fixtures.world import render_batch
 from plugins.metrics import UndefinedMetricWarning, error_ratio
 
 pytestmark = pytest.mark.factor
@@ -165,15 +164,16 @@ def test_factor_counterexamples(clip, suite, cache, record, rb_config, factor):
     predict = model_predictor(clip, canonical, cache, templates, seed=suite.seed)
     factors = FACTOR_NAMES if factor == "combined" else (factor,)
     with single_thread(clip.device):
-        found = [search_counterexample(predict, suite.canonical_specs[i], int(canonical.labels[i]), factors)
-                 for i in right]
+        found = [search_counterexample(predict, suite.canonical_specs[i], int(canonical.labels[i]), factors,
+                                       cache=cache) for i in right]  # outcomes cached on disk
     hits = [c for c in found if c is not None]
     names = canonical.classnames
     samples, extra = None, {"searched_scenes": [suite.canonical_specs[i].id[:12] for i in right],
                             "max_examples": MAX_EXAMPLES, "counterexamples": []}
     if hits:
-        canon_rgb, _ = render_batch([c.canonical for c in hits], seed=suite.seed)  # (K, H, W, 3)
-        flip_rgb, _ = render_batch([c.flipped for c in hits], seed=suite.seed)  # (K, H, W, 3)
+        scenes = [c.canonical for c in hits] + [c.flipped for c in hits]
+        rgb = np.stack(render_specs(scenes, range(len(scenes)), seed=suite.seed, cache=cache))  # (2K, H, W, 3)
+        canon_rgb, flip_rgb = rgb[:len(hits)], rgb[len(hits):]
         labels = np.array([c.label for c in hits], dtype=np.int64)
         samples = {"canonical_images": canon_rgb, "flipped_images": flip_rgb, "labels": labels,
                    "canonical_predictions": labels, "flipped_predictions": np.array([c.prediction for c in hits])}

@@ -37,8 +37,8 @@ def paired_gain(lmm_correct: np.ndarray, clip_correct: np.ndarray) -> float:
 def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
     clip = lmm.clip
     logits = classifier_logits(clip, dataset, cache, templates=rb_config.templates[0])  # (N, C)
-    out = run_protocol(lmm, dataset.images(), dataset.labels, logits, dataset.classnames,
-                       seed=seed_for(rb_config.seed, dataset.name))
+    out = run_protocol(lmm, dataset.images, dataset.labels, logits, dataset.classnames,  # rendered only on a miss
+                       seed=seed_for(rb_config.seed, dataset.name), cache=cache, item_ids=dataset.item_ids)
     samples = {"labels": out.labels, "distractor": out.distractor, "true_first": out.true_first,
                "clip_correct": out.clip_correct, "loglik": out.loglik, "generated": out.generated}
     extra = {"lmm": lmm.describe(), "templates": rb_config.templates[0], "sample_keys": sorted(samples),

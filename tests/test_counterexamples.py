@@ -85,6 +85,7 @@ class BrightnessModel:
     device: str = "cpu"
 
     def __post_init__(self):
+        self.weights_sha256, self.preprocess_cfg = f"brightness:{self.threshold!r}", {}  # what the cache keys on
         c = len(ID_CLASSES)
         weight = np.zeros((c, 2), np.float32)
         weight[LABEL] = (1.0, 0.0)  # logit = mean brightness

@@ -64,7 +64,8 @@ def test_rule_audit_counts_cells_and_tells_typos_from_rules_for_other_runs():
              Threshold("calibration", "ece", model="embeded:*", max=0.1, origin="g[2]"),
              Threshold("ood", "auroc", min=0.9, origin="g[3]"),
              Threshold("calibration", "ece", max_drop=0.01, origin="g[4]"),
-             Threshold("calibration", "e*", max=0.2, origin="g[5]")]  # last match: gates both cells
+             Threshold("calibration", "e*", max=0.2, origin="g[5]"),  # last match: gates both cells
+             Threshold("calibration", "ece", dataset="imagenet-r", max=0.1, origin="g[6]")]  # no --data for it
     gated = {"kind": "bound", "verdict": "pass", "rule": "g[5]"}
     rows = [_cell(gate=gated), _cell(condition="scaling=temperature", gate=gated)]
     result = audit(rules, rows, baseline=None, strict=False)
@@ -79,8 +80,12 @@ def test_rule_audit_counts_cells_and_tells_typos_from_rules_for_other_runs():
     assert usage["g[3]"]["status"] == "not applicable" and "no 'ood' cell" in usage["g[3]"]["note"]
     assert usage["g[4]"]["status"] == "not applicable" and "needs --baseline" in usage["g[4]"]["note"]
     assert result["failures"] == [] and len(result["warnings"]) == 1 and "g[1] matched no cell" in result["warnings"][0]
+    assert usage["g[6]"]["status"] == "not applicable" and usage["g[6]"]["note"] == (
+        "no 'imagenet-r' cell was measured in this run")
     strict = audit(rules, rows, baseline=None, strict=True)
     assert strict["failures"] == [f"threshold rule g[1] matched no cell: {usage['g[1]']['note']}."]
+    selected = audit(rules, rows, baseline=None, strict=True, selection=True)  # -k may have deselected its cells
+    assert selected["failures"] == [] and "a -k/-m selection is active" in selected["warnings"][0]
 
 
 def test_baseline_usage_per_model_and_zero_comparisons_fail():

@@ -244,6 +244,9 @@ class PlantedLMM:
     def generate(self, images, questions, max_new_tokens=16, batch_size=16):
         return [q.split("list: ")[1].split(", ")[0] for q in questions]
 
+    def answer(self, images, questions, options, max_new_tokens=16, batch_size=16):
+        return self.option_logprobs(images, questions, options), self.generate(images, questions)
+
 
 def test_protocol_exposes_a_first_option_bias_as_chance_accuracy():
     """With balanced order, a model that always picks the first option scores exactly 0.5, and 1.0
