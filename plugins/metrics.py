@@ -42,7 +42,6 @@ __all__ = [
     "adaptive_calibration_error",
     "aupr_in_score",
     "aupr_out_score",
-    "batched_form",
     "brier_score",
     "calibration_bins",
     "consistency_rate",

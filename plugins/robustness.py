@@ -53,7 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="[MODEL=]BASELINE_MODEL",
                     help="baseline model to compare a (renamed) model with; plain NAME when the run has one model")
     group.addoption("--report-dir", dest="rb_report_dir", default="reports", metavar="DIR",
-                    help="where robustness.json, robustness.html and samples/ are written (default: reports)")
+                    help="where robustness.json, robustness.html and samples/ are written (default: reports); "
+                         "one run at a time per folder")
     group.addoption("--limit", dest="rb_limit", type=int, default=None, metavar="N",
                     help="at most N samples per dataset, for quick runs")
     group.addoption("--seed", dest="rb_seed", type=int, default=0, metavar="N", help="global seed (default 0)")

@@ -419,7 +419,7 @@ def ci_cache_parts(statistic: Callable[..., Any], arrays: Sequence[Any], *, two_
 
     >>> from plugins.metrics import expected_calibration_error
     >>> ece = partial(expected_calibration_error, n_bins=15, validate=False)
-    >>> probs, labels = np.full((4, 2), 0.5), np.array([0, 1, 1, 0])
+    >>> probs, labels = np.full((4, 2), 0.5), np.array([0, 0, 1, 1])
     >>> parts = ci_cache_parts(ece, (probs, labels), two_sample=False, seed=1)
     >>> parts["statistic"]
     "plugins.metrics.expected_calibration_error()[('n_bins', 15), ('validate', False)]"

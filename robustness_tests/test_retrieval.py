@@ -49,8 +49,12 @@ def record_retrieval(clip, captions: CaptionSet, cache, record, cond: str, image
     for metric, per_image in retrieval_hits(img, txt, captions.per_image, KS).items():
         record.measure(metric, np.mean, per_image, dataset=captions.name, condition=cond)
     by_image = txt.reshape(len(img), captions.per_image, -1)  # (N, 5, D)
-    record.measure("modality_gap", lambda i, t: modality_gap(i, t.reshape(-1, t.shape[-1]), validate=False),
-                   img, by_image, dataset=captions.name, condition=cond)
+    record.measure("modality_gap", _gap_by_image, img, by_image, dataset=captions.name, condition=cond)
+
+
+def _gap_by_image(img: np.ndarray, by_image: np.ndarray) -> float:
+    """modality_gap of images (N, D) and their captions (N, 5, D); a named function, so its CI is cached."""
+    return modality_gap(img, by_image.reshape(-1, by_image.shape[-1]), validate=False)
 
 
 def record_all(clip, captions: CaptionSet, cache, record, image_conditions: dict) -> None:

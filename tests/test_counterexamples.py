@@ -109,3 +109,37 @@ def test_search_through_the_model_path_finds_the_darkness_threshold():
     # minimal: one step brighter no longer flips
     brighter = SPEC.replace(light=(*SPEC.light[:2], round(cx.flipped.light[2] + 0.01, 6)))
     assert predict(cx.flipped) == OTHER and predict(brighter) == LABEL
+
+
+def test_cached_search_equals_a_fresh_search_and_a_rerun_searches_nothing(tmp_path):
+    """The search is sequential (hypothesis), so its outcome is cached, not batched: on a few scenes the
+    stored outcome equals a fresh search, and a re-run (a new cache object: a new process) asks nothing."""
+    from fixtures.cache import EmbeddingCache
+    from fixtures.counterexamples import Predictor
+
+    planted = Predictor(lambda s: OTHER if s.pose[1] >= 37 or s.light[2] < 0.5 else LABEL, key={"planted": 1})
+    calls = []
+    counting = Predictor(lambda s: calls.append(s.id) or planted(s), planted.key)
+    for spec in canonical_specs(3, 0):
+        fresh = search_counterexample(planted.fn, spec, LABEL, ["pose", "lighting"])  # no key: not cached
+        cached = search_counterexample(planted, spec, LABEL, ["pose", "lighting"], cache=EmbeddingCache(tmp_path))
+        again = search_counterexample(counting, spec, LABEL, ["pose", "lighting"], cache=EmbeddingCache(tmp_path))
+        assert fresh is not None and fresh == cached == again and calls == []
+    none = Predictor(lambda s: calls.append(s.id) or LABEL, {"planted": "never flips"})
+    assert search_counterexample(none, SPEC, LABEL, ["pose"], cache=EmbeddingCache(tmp_path)) is None
+    calls.clear()
+    assert search_counterexample(none, SPEC, LABEL, ["pose"], cache=EmbeddingCache(tmp_path)) is None and not calls
+    # changed settings, scene or model never hit
+    search_counterexample(counting, SPEC, LABEL, ["pose"], cache=EmbeddingCache(tmp_path), max_examples=7)
+    assert calls
+    calls.clear()
+    search_counterexample(Predictor(counting.fn, {"planted": 2}), SPEC, LABEL, ["pose", "lighting"],
+                          cache=EmbeddingCache(tmp_path))
+    assert calls
+
+
+def test_model_predictor_key_names_model_head_and_render():
+    dataset = specs_dataset([SPEC])
+    keys = [model_predictor(BrightnessModel(threshold=t), dataset, cache=None, templates="openai").key
+            for t in (0.3, 0.4)]
+    assert keys[0] != keys[1] and keys[0]["head"].startswith("linear:") and keys[0]["render_version"] >= 1

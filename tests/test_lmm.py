@@ -136,6 +136,74 @@ def test_loglik_scoring_on_a_planted_language_model(clip_llava):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def _tower_images(lmm) -> list[int]:
+    """Images seen by the vision tower, appended per call (a forward pre-hook)."""
+    seen: list[int] = []
+    lmm.model.model.vision_tower.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    return seen
+
+
+def test_answer_runs_the_tower_once_per_image_and_equals_the_per_option_path(tmp_path):
+    """``answer`` (scores + generation from one tower pass) equals what the adapter computed before:
+    pixels repeated per option for scoring, and again for generation."""
+    import torch
+
+    from fixtures.lmm.adapter import encode_prompts, prompt_answer_batch
+
+    lmm = load_lmm(parse_lmm_spec(f"{tiny_llava(tmp_path / 'tiny')};tower={RANDOM_MODEL}"))
+    imgs = images(3, 32, seed=4)
+    questions = [QUESTION.format(a="cube", b="sphere"), "what is this ?", QUESTION.format(a="red", b="cube")]
+    options = [("cube", "sphere"), ("hexagonal prism", "red"), ("cube", "red cube")]
+    seen = _tower_images(lmm)
+    loglik, answers = lmm.answer(imgs, questions, options, max_new_tokens=4, batch_size=2)
+    assert seen == [2, 1]  # one pass per image, shared by both options and by generation
+    before = np.empty((3, 2))
+    for start in (0, 2):
+        sl = slice(start, start + 2)
+        ids, mask, spans, pixels = prompt_answer_batch(lmm.processor, imgs[sl], questions[sl], options[sl])
+        with torch.inference_mode():
+            logp = torch.log_softmax(lmm.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits, -1)
+        before[sl] = np.reshape([logp[j, a - 1:b - 1].gather(-1, ids[j, a:b, None]).sum().item()
+                                 for j, (a, b) in enumerate(spans)], (-1, 2))
+    enc = encode_prompts(lmm.processor, imgs, questions, "left")
+    with torch.inference_mode():
+        out = lmm.model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=lmm.tokenizer.pad_token_id)
+    generated = [a.strip() for a in lmm.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                               skip_special_tokens=True)]
+    np.testing.assert_allclose(loglik, before, rtol=1e-5, atol=1e-5)
+    assert answers == generated == lmm.generate(imgs, questions, max_new_tokens=4, batch_size=2)
+    np.testing.assert_allclose(lmm.option_logprobs(imgs, questions, options, batch_size=2), loglik, rtol=1e-6)
+
+
+def test_protocol_outcomes_are_cached_by_lmm_items_and_questions(clip_llava, tmp_path):
+    from fixtures.cache import EmbeddingCache
+
+    imgs, labels = images(4, 32, seed=5), np.array([0, 1, 2, 0])
+    logits = np.random.default_rng(0).normal(size=(4, 3))
+    names, ids = ("cube", "sphere", "hexagonal prism"), [f"item{i}" for i in range(4)]
+    rendered = []
+
+    def load():
+        rendered.append(1)
+        return imgs
+
+    def run(cache, item_ids=ids, classnames=names):
+        return run_protocol(clip_llava, load, labels, logits, classnames, seed=0, max_new_tokens=3, cache=cache,
+                            item_ids=item_ids)
+
+    first = run(EmbeddingCache(tmp_path))
+    assert rendered == [1]
+    again = run(EmbeddingCache(tmp_path))  # a new process: read from disk, nothing rendered or asked
+    assert rendered == [1] and again.answers == first.answers
+    np.testing.assert_array_equal(again.loglik, first.loglik)
+    fresh = run_protocol(clip_llava, imgs, labels, logits, names, seed=0, max_new_tokens=3)  # no cache
+    np.testing.assert_array_equal(fresh.loglik, first.loglik)
+    assert fresh.answers == first.answers
+    run(EmbeddingCache(tmp_path), item_ids=ids[:3] + ["other"])  # a changed item never hits
+    run(EmbeddingCache(tmp_path), classnames=("cube", "sphere", "red"))  # nor a changed option
+    assert rendered == [1, 1, 1]
+
+
 def test_open_clip_tower_pooled_token_is_the_clips_image_embedding(tmp_path):
     """The tower a world LLaVA uses is the CLIP's own: its first token is the CLIP image embedding."""
     import torch

@@ -1,0 +1,69 @@
+"""In-process memo and on-disk render cache: a re-run renders nothing, a changed item never hits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures import datasets
+from fixtures.cache import EmbeddingCache
+from fixtures.memo import ByteMemo
+
+
+def test_byte_memo_is_bounded_in_bytes_and_drops_the_least_recently_used():
+    memo = ByteMemo(max_bytes=300)
+    for k in range(3):
+        memo.put(k, np.zeros(100, np.uint8))
+    memo.get(0)  # 0 is now the most recent: 1 goes first
+    memo.put(3, [np.zeros(50, np.uint8), np.zeros(50, np.uint8)])
+    assert 1 not in memo and all(k in memo for k in (0, 2, 3)) and memo._bytes == 300
+    assert memo.get_or_compute("big", lambda: np.zeros(301, np.uint8)).nbytes == 301  # returned, not kept
+    assert "big" not in memo and memo._bytes <= memo.max_bytes
+    calls = []
+    memo.get_or_compute(2, lambda: calls.append(1))
+    assert not calls  # served from the memo
+
+
+@pytest.fixture
+def renders(monkeypatch):
+    """Counts the scenes rendered (per render_batch call), with an empty process memo."""
+    from fixtures import world
+
+    calls, real = [], world.render_batch
+    monkeypatch.setattr(world, "render_batch", lambda specs, **kw: calls.append(len(specs)) or real(specs, **kw))
+    monkeypatch.setattr(datasets, "RENDERS", ByteMemo())
+    return calls
+
+
+def test_renders_are_memoised_and_cached_on_disk_by_item_id(tmp_path, renders, monkeypatch):
+    from fixtures.world import sample_specs
+    from fixtures.world.renderer import render_batch  # the real one (the fixture counts fixtures.world's)
+
+    ds = datasets.world_dataset("test", n=60, cache=EmbeddingCache(tmp_path))
+    got = ds.images([55, 3])
+    assert renders == [50, 10]  # the blocks of 50 positions holding items 55 and 3
+    rgb, depth = render_batch([sample_specs("test", 60, 0)[i] for i in (55, 3)])
+    np.testing.assert_array_equal(np.stack(got), rgb)
+    np.testing.assert_array_equal(np.stack(ds.depths([55, 3])), depth)  # depth rendered with the rgb: memo
+    ds.subset([3, 4], "").images([0, 1])
+    assert renders == [50, 10]
+    monkeypatch.setattr(datasets, "RENDERS", ByteMemo())  # a new process: read from disk, nothing rendered
+    cache = EmbeddingCache(tmp_path)
+    again = datasets.world_dataset("test", n=60, cache=cache).images([55, 3])
+    assert renders == [50, 10] and (cache.hits, cache.misses) == (2, 0)
+    np.testing.assert_array_equal(np.stack(again), rgb)
+    # a changed item id (seed, size) or render version never hits
+    datasets.world_dataset("test", n=60, seed=1, cache=cache).images([3])
+    datasets.world_dataset("test", n=60, size=32, cache=cache).images([3])
+    monkeypatch.setattr(datasets, "RENDER_VERSION", datasets.RENDER_VERSION + 1)  # a new renderer, a new process
+    monkeypatch.setattr(datasets, "RENDERS", ByteMemo())
+    datasets.world_dataset("test", n=60, cache=cache).images([3])
+    assert renders == [50, 10, 50, 50, 50] and cache.misses == 3
+
+
+def test_world_depth_source_shares_the_render_memo(renders):
+    from fixtures.corruptions3d import world_depth_source
+
+    ds = datasets.world_dataset("test", n=5)
+    ds.images()
+    maps = world_depth_source(ds)(list(ds.item_ids))
+    assert renders == [5] and len(maps) == 5 and maps[0].shape == (64, 64)
