@@ -165,8 +165,23 @@ def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row
     return out
 
 
+def undefined_comparison(row: dict[str, Any], base_row: dict[str, Any]) -> dict[str, Any]:
+    """The comparison of a cell that is undefined in this run but defined in the baseline."""
+    why = (row.get("extra") or {}).get("undefined") or "non-finite value"
+    return {"baseline_model": base_row["model"], "baseline_value": base_row["value"], "value": None,
+            "delta": None, "ci": None, "p_value": None, "undefined": why,
+            "method": f"not compared: undefined in this run ({why})"}
+
+
 def regression_verdict(row: dict[str, Any], comparison: dict[str, Any], rule: Threshold) -> dict[str, Any]:
     """Gate a comparison with the rule's ``max_drop`` (in metric units, in the metric's bad direction)."""
+    if comparison["delta"] is None:  # a regression gate that cannot be checked fails, with the reason
+        message = (f"{row['metric']} is undefined {describe_cell(row)} ({comparison['undefined']}) "
+                   f"while the baseline {comparison['baseline_model']} has {comparison['baseline_value']:.4g}, so "
+                   f"its drop cannot be checked against the tolerance {float(rule.max_drop):.4g}.")
+        return {"kind": "regression", "verdict": FAIL, "max_drop": float(rule.max_drop), "message": message,
+                "rule": rule.origin, **{k: comparison[k] for k in
+                                        ("baseline_model", "baseline_value", "delta", "ci", "p_value", "method")}}
     sign = 1.0 if row["higher_is_better"] else -1.0
     drop = -sign * comparison["delta"]  # > 0 means worse
     lo, hi = comparison["ci"]
