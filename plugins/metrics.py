@@ -261,7 +261,8 @@ class BatchedForm:
     *indices, **options)`` takes one (B, k) index matrix per sample (each row one resample's items)
     and returns the (B,) values, equal up to summation order to the statistic on each row's items.
     ``options``: the keyword options both accept (``validate`` is ignored: inputs were checked once);
-    ``samples``: how many index matrices ``from_resamples`` takes (2 for ID and OOD scores). Registered in :data:`BATCHED` next to each metric; looked up by :func:`batched_form`.
+    ``samples``: how many index matrices ``from_resamples`` takes (2 for ID and OOD scores).
+    Registered in :data:`BATCHED` next to each statistic; looked up by :func:`batched_form`.
     """
 
     per_item: Callable[..., Any]

@@ -28,7 +28,7 @@ from fixtures.real_data import parametrize_real_sets
 from fixtures.retrieval_data import (KARPATHY_SETS, PERTURBATIONS, CaptionSet, karpathy_caption_set,
                                      retrieval_hits, world_caption_set)
 from fixtures.world import FOV_DEG
-from plugins.metrics import modality_gap
+from plugins.metrics import BATCHED, BatchedForm, modality_gap
 
 pytestmark = pytest.mark.retrieval
 
@@ -55,6 +55,27 @@ def record_retrieval(clip, captions: CaptionSet, cache, record, cond: str, image
 def _gap_by_image(img: np.ndarray, by_image: np.ndarray) -> float:
     """modality_gap of images (N, D) and their captions (N, 5, D); a named function, so its CI is cached."""
     return modality_gap(img, by_image.reshape(-1, by_image.shape[-1]), validate=False)
+
+
+def _gap_items(img: np.ndarray, by_image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    if img.ndim != 2 or by_image.ndim != 3 or img.dtype.kind != "f" or by_image.dtype.kind != "f":
+        return None
+    return tuple(e / np.linalg.norm(e, axis=-1, keepdims=True) for e in (img, by_image))  # as modality_gap does
+
+
+def _gap_from_resamples(normalised: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """_gap_by_image of each row of ``idx`` (B, k): the same float32 means and norms, rows in memory-sized chunks."""
+    img, txt = normalised
+    out = np.empty(idx.shape[0])
+    step = max(1, (1 << 22) // (idx.shape[1] * txt.shape[1] * txt.shape[2]))
+    for start in range(0, idx.shape[0], step):
+        rows = idx[start:start + step]
+        centres = img[rows].mean(axis=1) - txt[rows].reshape(len(rows), -1, txt.shape[2]).mean(axis=1)  # (b, D)
+        out[start:start + step] = [np.linalg.norm(d) for d in centres]
+    return out
+
+
+BATCHED[_gap_by_image] = BatchedForm(_gap_items, _gap_from_resamples)
 
 
 def record_all(clip, captions: CaptionSet, cache, record, image_conditions: dict) -> None:

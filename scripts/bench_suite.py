@@ -8,7 +8,7 @@ Runs the suite twice in subprocesses on one fresh embedding cache: cold (empty c
 cache's hits and misses, and the warm/cold ratios. Buckets are measured in the test process by this
 file loaded as a pytest plugin (``-p bench_suite``), which times the outermost call of each bucket's
 functions (``BUCKETS``); so far: ``bootstrap`` (every bootstrap interval, cached or not). Threads:
-``OMP_NUM_THREADS`` as given (default 1, comparable on a busy machine).
+``OMP_NUM_THREADS`` as given (default 1, comparable on a busy machine). Serial runs only (no -n).
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded:rn-clip")
     parser.add_argument("--limit", type=int, default=None, help="samples per dataset (default: the suite's sizes)")
     parser.add_argument("-k", default=None, help="pytest -k expression (default: the whole suite)")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the cache and reports (default: a temp dir)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the cache and reports (default: a temp dir)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_suite_"))
     cache = work / "cache"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from plugins.config import Threshold
-from plugins.regression import compare, paired_two_group_delta, regression_verdict
+from plugins.regression import compare, paired_two_group_delta, regression_verdict, undefined_comparison
 from plugins.metrics import ood_auroc_score
 from tests.conftest import RANDOM_MODEL
 
@@ -55,6 +55,17 @@ def test_planted_drop_fails_and_small_drop_within_tolerance_passes():
     assert "drops by more than the tolerance 0.02" in gate["message"]
     _, lenient = _gate(base, cand, 0.2)
     assert lenient["verdict"] == "pass"
+
+
+def test_a_cell_undefined_in_this_run_fails_its_max_drop_gate():
+    """A metric that became undefined (value None, see Recorder) must not skip its regression gate."""
+    base_row = {**_cls_row(np.eye(3), np.arange(3)), "model": "base"}
+    cand_row = {**_cls_row(np.eye(3), np.arange(3)), "value": None, "extra": {"undefined": "ece is undefined with one class"}}
+    comparison = undefined_comparison(cand_row, base_row)
+    gate = regression_verdict(cand_row, comparison, Threshold("accuracy", "top1", max_drop=0.02))
+    assert gate["verdict"] == "fail" and comparison["delta"] is None
+    assert gate["message"] == ("top1 is undefined for m on d (ece is undefined with one class) while the baseline base "
+                               "has 1, so its drop cannot be checked against the tolerance 0.02.")
 
 
 def test_false_alarm_rate_under_the_null_is_at_most_5_percent():

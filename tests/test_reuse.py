@@ -58,6 +58,9 @@ def test_renders_are_memoised_and_cached_on_disk_by_item_id(tmp_path, renders, m
     monkeypatch.setattr(datasets, "RENDERS", ByteMemo())
     datasets.world_dataset("test", n=60, cache=cache).images([3])
     assert renders == [50, 10, 50, 50, 50] and cache.misses == 3
+    datasets.render_specs(sample_specs("test", 2, 7), [0, 1])  # memoised, not on disk
+    datasets.render_specs(sample_specs("test", 2, 7), [0, 1], cache=cache)  # still written
+    assert cache.misses == 4
 
 
 def test_world_depth_source_shares_the_render_memo(renders):

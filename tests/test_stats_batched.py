@@ -3,6 +3,7 @@ bootstrap intervals are cached on disk (fixtures.pytest_fixtures._cached_interva
 
 from __future__ import annotations
 
+import importlib
 import math
 from functools import partial
 
@@ -54,7 +55,18 @@ CASES = {
 
 
 def test_every_batched_form_has_a_case():
-    assert set(M.BATCHED) == set(CASES)
+    assert set(CASES) == {f for f in M.BATCHED if f.__module__ in ("plugins.metrics", "numpy")}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_modality_gap_of_the_retrieval_test_equals_the_loop(dtype):
+    """Beside its definition in robustness_tests/test_retrieval.py: bit-equal in float32 too."""
+    gap = importlib.import_module("robustness_tests.test_retrieval")._gap_by_image
+    rng = np.random.default_rng(0)
+    img, captions = rng.normal(size=(40, 16)).astype(dtype), rng.normal(size=(40, 5, 16)).astype(dtype)
+    assert S._batched(gap, (img, captions)) is not None
+    assert S.bootstrap_ci(gap, img, captions, n_resamples=200) == \
+        S.bootstrap_ci(_loop(gap), img, captions, n_resamples=200)
 
 
 @pytest.mark.parametrize("method", ["percentile", "basic", "BCa"])
