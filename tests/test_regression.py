@@ -114,7 +114,7 @@ def test_top1(record):
     logits = rng.normal(0, 1, (800, 5)).astype(np.float32)
     logits[np.arange(800), labels] += float(os.environ.get("QUALITY", "3"))
     correct = logits.argmax(1) == labels
-    record.proportion("top1", correct, dataset="d", model=os.environ.get("MODEL", "m"),
+    record.proportion("top1", correct, dataset=os.environ.get("DATASET", "d"), model=os.environ.get("MODEL", "m"),
                       samples={"logits": logits, "labels": labels})
 '''
 
@@ -228,25 +228,8 @@ def test_linear_head_child_is_compared_with_parent_zero_shot_head(tmp_path):
     assert baseline.counterpart({**row, "condition": "scaling=none;templates=single"}, templates="single") is None
 
 
-CELL = '''
-import os
-import numpy as np
-import pytest
-
-pytestmark = pytest.mark.accuracy
-
-def test_top1(record):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 5, 300)
-    logits = rng.normal(0, 1, (300, 5)).astype(np.float32)
-    logits[np.arange(300), labels] += 3
-    record.proportion("top1", logits.argmax(1) == labels, dataset=os.environ.get("DATASET", "d"),
-                      model=os.environ["MODEL"], samples={"logits": logits, "labels": labels})
-'''
-
-
 def _baseline_run(pytester, run_harness):
-    pytester.makepyfile(test_acc=CELL)
+    pytester.makepyfile(test_acc=RECORDING)
     pytester.makefile(".toml", gates='[[thresholds]]\nproperty="accuracy"\nmetric="top1"\nmax_drop=0.01\n')
     run_harness("--model", RANDOM_MODEL).assert_outcomes(passed=1)
     (pytester.path / "reports").rename(pytester.path / "base")
