@@ -20,6 +20,7 @@ import json
 import math
 import re
 import shlex
+import sys
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from fixtures._io import atomic_write_text
 from fixtures.conditions import join_condition, parse_condition
 from fixtures.models import FACTOR_KEYS
 from plugins.gates import describe_cell
+from plugins import metrics as _metrics
 from plugins.metrics import METRICS, calibration_bins, softmax
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -58,6 +60,8 @@ NO_GATE = "none"
 VERDICT_RANK = {"fail": 0, "inconclusive": 1, "pass": 2, NO_GATE: 3}
 VERDICT_LABEL = {"fail": "fail", "inconclusive": "inconclusive", "pass": "pass", NO_GATE: "no gate"}
 MAX_FIGURES = 12  # per property section; the table always lists every cell
+FIGURE_CACHE_VERSION = 1  # part of every cached figure's key: bump to drop all cached SVGs
+UNPLOTTED_EXTRA = frozenset({"images_per_s"})  # row extras no figure draws (a throughput differs run to run)
 ROC_POINTS = 201  # ROC curves are drawn on at most this many FPR points
 MAX_HIST_MODELS = 3  # score histograms per OOD figure (ROC shows all models)
 MAX_FOREST_ROWS = 40  # regression comparisons drawn in the change-vs-baseline plot (all are in the table)
@@ -257,23 +261,66 @@ class RenderedFigure:
 
 class FigureRenderer:
     """Draws figures to inline SVG. Each figure gets its own deterministic ``svg.hashsalt`` so the
-    ids of clip paths are reproducible and do not collide between figures of one document."""
+    ids of clip paths are reproducible and do not collide between figures of one document.
 
-    def __init__(self) -> None:
-        self.count = 0
+    With a ``cache`` (the run's embedding cache), each figure's SVG and the notes its drawing made are
+    kept on disk under ``inputs`` (:func:`figure_inputs`: everything a plot reads) plus the plot's place,
+    title, caption and size, so re-rendering an unchanged report draws nothing and writes the same bytes."""
 
-    def render(self, plot: Plot) -> RenderedFigure | None:
+    def __init__(self, cache: Any = None, inputs: str = "") -> None:
+        self.count = 0  # figures drawn (the salt of the next one)
+        self.calls = 0  # candidates seen: a plot's place in the document
+        self.cache = cache
+        self.inputs = inputs
+
+    def render(self, plot: Plot, ctx: SectionContext | None = None) -> RenderedFigure | None:
+        self.calls += 1
+        salt = f"rb-fig-{self.count + 1}"
+        if self.cache is None:
+            drawn = self._draw(plot, salt, ctx)
+        else:
+            parts = {"kind": "html-figure", "version": FIGURE_CACHE_VERSION, "inputs": self.inputs,
+                     "section": ctx.prop if ctx else "", "call": self.calls, "salt": salt, "title": plot.title,
+                     "caption": plot.caption, "size": [float(x) for x in plot.size]}
+            drawn = self.cache.get_or_compute_json(parts, lambda: self._draw(plot, salt, ctx))
+            for note in drawn["notes"]:  # a cached figure replays the notes its drawing made
+                ctx.note(note)  # type: ignore[union-attr]  (notes exist only with a ctx)
+        if drawn["svg"] is None:
+            return None
+        self.count += 1
+        return RenderedFigure(plot.title, plot.caption, Markup(drawn["svg"]))
+
+    @staticmethod
+    def _draw(plot: Plot, salt: str, ctx: SectionContext | None) -> dict[str, Any]:
         import matplotlib as mpl
         from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
+        before = list(ctx.notes) if ctx else []
         fig = Figure(figsize=plot.size, layout="constrained")
-        if plot.draw(fig) is False:
-            return None
-        self.count += 1
-        buffer = io.StringIO()
-        with mpl.rc_context({"svg.hashsalt": f"rb-fig-{self.count}"}):
-            fig.savefig(buffer, format="svg", metadata={"Date": None})
-        return RenderedFigure(plot.title, plot.caption, Markup(_clean_svg(buffer.getvalue())))
+        svg = None
+        if plot.draw(fig) is not False:
+            buffer = io.StringIO()
+            with mpl.rc_context({"svg.hashsalt": salt}):
+                fig.savefig(buffer, format="svg", metadata={"Date": None})
+            svg = _clean_svg(buffer.getvalue())
+        return {"svg": svg, "notes": [n for n in ctx.notes if n not in before] if ctx else []}
+
+
+def figure_inputs(rows: Sequence[dict[str, Any]], run: dict[str, Any], store: SampleStore) -> str:
+    """Digest of everything a figure can depend on: the rows, the run's models and template sets (the only
+    run fields plots read; add any other here), each per-sample file's state (its name hashes its arrays),
+    and the drawing code (this module, the metrics it calls, matplotlib's version, FIGURE_CACHE_VERSION)."""
+    import hashlib
+
+    import matplotlib
+
+    files = sorted({r["samples"] for r in rows if r.get("samples")})
+    rows = [{**r, "extra": {k: v for k, v in (r.get("extra") or {}).items() if k not in UNPLOTTED_EXTRA}} for r in rows]
+    state = {"rows": rows, "models": run.get("models") or {},
+             "templates": (run.get("config") or {}).get("templates"), "samples": [[f, *store.status(f)] for f in files],
+             "matplotlib": matplotlib.__version__, "version": FIGURE_CACHE_VERSION,
+             "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (sys.modules[__name__], _metrics)]}
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 
 
 _COORD_ATTR = re.compile(r'\b(d|x|y|width|height|transform|viewBox)="([^"]*)"')
@@ -1355,7 +1402,7 @@ def _header(run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
         ("torch", versions.get("torch") or "n/a"),
         ("open_clip", versions.get("open_clip_torch") or versions.get("open_clip") or "n/a"),
         ("wall time", _duration(run.get("wall_time_s"))),
-        ("embedding cache", f"{fmt_count(hits)} hits / {fmt_count(misses)} misses{rate}"),
+        ("result cache", f"{fmt_count(hits)} hits / {fmt_count(misses)} misses{rate}"),
     ]
     summary = [
         ("models", ", ".join(map(str, config.get("models") or list(run.get("models") or {}))) or "n/a"),
@@ -1411,8 +1458,9 @@ def _sample_files(rows: list[dict[str, Any]], store: SampleStore) -> list[dict[s
     return out
 
 
-def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
-    """Everything the template needs, as plain strings, numbers and pre-rendered SVG."""
+def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Everything the template needs, as plain strings, numbers and pre-rendered SVG; figures are cached
+    in ``cache_dir`` (the run's embedding cache folder) when given."""
     import matplotlib as mpl
 
     validate_report(report)
@@ -1424,6 +1472,10 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
     props = ordered_properties(r["property"] for r in rows)
     store = SampleStore(report_dir)
     renderer = FigureRenderer()
+    if cache_dir is not None:
+        from fixtures.cache import EmbeddingCache
+
+        renderer = FigureRenderer(EmbeddingCache(Path(cache_dir)), figure_inputs(rows, run, store))
     used: set[str] = set()
     sections = []
     with mpl.rc_context(_PLOT_STYLE):
@@ -1438,7 +1490,7 @@ def build_context(report: dict[str, Any], report_dir: Path) -> dict[str, Any]:
                     ctx.note(f"{len(candidates) - i} more figures are not drawn to keep the report small "
                              f"(the most informative {MAX_FIGURES} are shown); the table lists every cell.")
                     break
-                figure = renderer.render(plot)
+                figure = renderer.render(plot, ctx)
                 if figure is not None:
                     figures.append(figure)
             sections.append({
@@ -1479,13 +1531,17 @@ def _environment() -> Environment:
                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def render_html(report: dict[str, Any], *, report_dir: Path) -> str:
+def render_html(report: dict[str, Any], *, report_dir: Path, cache_dir: Path | None = None) -> str:
     """The HTML page for a parsed robustness.json; ``report_dir`` is where its ``samples/`` live."""
-    return _environment().get_template("report.html.j2").render(**build_context(report, Path(report_dir)))
+    context = build_context(report, Path(report_dir), cache_dir)
+    return _environment().get_template("report.html.j2").render(**context)
 
 
-def write_html(report: dict[str, Any], path: Path, *, report_dir: Path | None = None) -> None:
+def write_html(report: dict[str, Any], path: Path, *, report_dir: Path | None = None,
+               cache_dir: Path | None = None) -> None:
     """Render and write atomically (temp file in the same folder, then ``os.replace``).
-    ``report_dir`` defaults to the HTML file's folder, where robustness.json and samples/ live."""
+    ``report_dir`` defaults to the HTML file's folder, where robustness.json and samples/ live;
+    ``cache_dir`` (the embedding cache folder) keeps figures between runs."""
     path = Path(path)
-    atomic_write_text(path, render_html(report, report_dir=report_dir if report_dir is not None else path.parent))
+    report_dir = report_dir if report_dir is not None else path.parent
+    atomic_write_text(path, render_html(report, report_dir=report_dir, cache_dir=cache_dir))

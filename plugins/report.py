@@ -215,6 +215,9 @@ class ReportSession:
             self._signal = Path(tempfile.mkdtemp(prefix="rb-suite-")) / "collected"
         node.workerinput["rb_staging"] = str(self.staging)
         node.workerinput["rb_suite_signal"] = str(self._signal)
+        from plugins.robustness import THREADS
+
+        node.workerinput["rb_threads"] = list(self.pytest_config.stash[THREADS])  # one thread count per run
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:
@@ -247,6 +250,7 @@ class ReportSession:
             "seed": self.config.seed,
             "versions": package_versions(),
             "device": device,
+            "threads": self._threads(),  # torch CPU threads per process (plugins.config.choose_threads)
             "platform": platform.platform(),
             "git_commit": git_commit(self.rootdir),
             "started_at": self.started_at,
@@ -256,6 +260,11 @@ class ReportSession:
             "gates": self.gate_audit(),
         }
         return {"run": run, "results": sort_rows(self.rows)}
+
+    def _threads(self) -> int | None:
+        from plugins.robustness import THREADS
+
+        return self.pytest_config.stash[THREADS][0] if THREADS in self.pytest_config.stash else None
 
     def gate_audit(self) -> dict[str, Any]:
         """Rule and baseline usage over the rows seen so far (plugins.gates.audit), computed once per row count."""
@@ -310,7 +319,7 @@ class ReportSession:
         stage, out = self.staging, self.report_dir
         atomic_write_text(stage / "samples" / RUN_ID_FILE, self.run_id + "\n")
         atomic_write_text(stage / "robustness.json", json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n")
-        write_html(data, stage / "robustness.html")
+        write_html(data, stage / "robustness.html", report_dir=stage, cache_dir=self.config.cache_dir)
         # Renames only from here (nothing left to fail or take time): a kill while rendering leaves the old
         # report whole. The old samples/ goes into the staging folder, deleted with it.
         if (out / "samples").exists():
@@ -358,7 +367,8 @@ class ReportSession:
                 verdicts[row["gate"]["verdict"]] = verdicts.get(row["gate"]["verdict"], 0) + 1
         tr.write_line(f"{len(self.rows)} metric cells, gates: " +
                       (", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or "none"))
-        tr.write_line(f"embedding cache: {self.cache['hits']} hits, {self.cache['misses']} misses")
+        # the cache holds embeddings, heads, renders, CIs, search and LMM outcomes: one count for all
+        tr.write_line(f"result cache: {self.cache['hits']} hits, {self.cache['misses']} misses")
         self.write_gate_summary(tr)
         self.write_problems(tr)
         for kind, path in self.paths.items():
