@@ -149,6 +149,10 @@ class RunConfig:
     cache_dir: Path | None = None  # embedding cache location; None disables it
     baseline_models: dict[str, str] = field(default_factory=dict)  # run model id -> baseline model id
     lmms: tuple[str, ...] = ()  # --lmm specs (fixtures.lmm.adapter); empty: the embedded LMMs on the run's models
+    threads: int | None = None  # --threads N for torch's CPU pool; None: auto (choose_threads)
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (fixtures.models.resolve_precision); part of cache keys
+    batch_size: int = 256  # images per forward call (results equal within SAMPLES_TOLERANCE on CPU fp32)
+    shard: tuple[int, int] | None = None  # --shard I/N: this run measures shard I of N (select_shard)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -178,7 +182,9 @@ def default_model_specs() -> tuple[ModelSpec, ...]:
 def build_config(*, models: list[str], data: list[str], thresholds: str | None, baseline: str | None,
                  report_dir: str, limit: int | None, seed: int, device: str, strict: bool,
                  templates: list[str], cache_dir: Path | None, rootdir: Path,
-                 baseline_models: list[str] | None = None, lmms: list[str] | None = None) -> RunConfig:
+                 baseline_models: list[str] | None = None, lmms: list[str] | None = None,
+                 threads: str = "auto", precision: str = "auto", batch_size: int = 256,
+                 shard: str | None = None) -> RunConfig:
     """Merge the three layers and validate every value."""
     project = load_pyproject(rootdir)
     try:
@@ -235,12 +241,17 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         _check_cuda(device)
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed}: must be an integer from 0 to 2**32-1 (4294967295)")
-    from fixtures.templates import resolve_templates
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: use {', '.join(PRECISIONS)} "
+                          "(auto: fp32 on cpu, autocast on cuda)")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be a positive number of images per forward call")
+    from fixtures.templates import check_templates
 
     template_sets = tuple(templates or project.get("templates", []) or RunConfig.templates)
     for t in template_sets:
         try:
-            resolve_templates(t)
+            check_templates(t)
         except ValueError as err:
             raise ConfigError(f"--templates: {err}") from None
     lmm_specs = tuple(lmms or project.get("lmms", []))
@@ -258,7 +269,52 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         models=specs, data=data_map, data_options=data_options, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
         limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
         templates=template_sets, cache_dir=cache_dir, baseline_models=model_map, lmms=lmm_specs,
+        threads=parse_threads(threads), precision=precision, batch_size=batch_size, shard=parse_shard(shard),
     )
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def parse_threads(text: str) -> int | None:
+    """``--threads N|auto`` -> N, or None for auto."""
+    if str(text) == "auto":
+        return None
+    if not str(text).isdigit() or int(text) < 1:
+        raise ConfigError(f"--threads {text!r}: use a positive number of torch CPU threads, or auto")
+    return int(text)
+
+
+def choose_threads(threads: int | None, *, workers: int, cores: int, load: float,
+                   env: dict[str, str]) -> tuple[int, str]:
+    """torch CPU threads per process and why: --threads N, else an explicit OMP_NUM_THREADS, else auto.
+
+    Auto: each of the ``workers`` processes gets its share of the cores that are not already busy
+    (``load``: the 1-minute load average before the run starts, rounded). An intra-op thread that shares
+    a core with another busy process stalls every parallel op: with one busy process on 2 cores the forward
+    takes 2.8x as long with 2 threads and is unchanged with 1, so a busy 2-core machine gets 1 thread.
+    """
+    if threads is not None:
+        return threads, "--threads"
+    omp = env.get("OMP_NUM_THREADS", "")
+    if omp:
+        if not omp.isdigit() or int(omp) < 1:
+            raise ConfigError(f"OMP_NUM_THREADS={omp!r}: must be a positive integer; unset it or pass --threads N")
+        return int(omp), "OMP_NUM_THREADS"
+    free = max(1, cores - round(max(load, 0.0)))
+    count = max(1, min(cores, free) // max(workers, 1))
+    return count, f"auto: {cores} cores, {free} free (load {load:.1f}), {workers} process(es)"
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard I/N`` -> (I, N), 1 <= I <= N."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ConfigError(f"--shard {text!r}: use I/N with 1 <= I <= N, one job per I "
+                          "(e.g. --shard 1/4 ... --shard 4/4)")
+    return int(match[1]), int(match[2])
 
 
 def _check_cuda(device: str) -> None:

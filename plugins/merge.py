@@ -22,6 +22,18 @@ from plugins.report import new_run_id, sort_rows
 KEY = ("property", "model", "dataset", "condition", "metric")
 
 
+def shard_positions(keys: list[tuple[str, str]], index: int, count: int) -> set[int]:
+    """Positions of the tests shard ``index`` of ``count`` runs (``--shard I/N``), from (group, node id) keys.
+
+    Tests are sorted by group (the model's xdist group), then node id, and cut into ``count`` contiguous
+    runs of near-equal size: every test lands in exactly one shard, whatever the collection order, and a
+    model's tests stay on as few shards as the count allows (its load and clean embeddings are paid once
+    per shard, not once per job). Every shard must be given the same selection (-k, -m, --model)."""
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    lo, hi = (index - 1) * len(keys) // count, index * len(keys) // count
+    return set(order[lo:hi])
+
+
 class MergeError(ValueError):
     """Shards that cannot be merged; the message names the file or the cell."""
 
@@ -42,6 +54,7 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
         raise MergeError("give at least two shard reports to merge")
     out_dir = Path(out_dir)
     reports = [(Path(p), _load(Path(p))) for p in paths]
+    _check_shards_complete(reports)
     rows: dict[tuple, dict[str, Any]] = {}
     origin: dict[tuple, Path] = {}
     for path, data in reports:
@@ -67,13 +80,15 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
                 models[model_id] = info
     run = {
         **first,
+        "config": {**(first.get("config") or {}), "shard": None},  # the merged report is the whole run
         "wall_time_s": sum(d["run"].get("wall_time_s") or 0 for _, d in reports),
         "cache": {k: sum((d["run"].get("cache") or {}).get(k, 0) for _, d in reports) for k in ("hits", "misses")},
         "models": dict(sorted(models.items())),
         "run_id": new_run_id(),  # the merged report is a new unit; each shard's id is under "shards"
         "problems": [p for _, d in reports for p in d["run"].get("problems") or []],
         "shards": [{"path": str(p), "run_id": d["run"].get("run_id"), "git_commit": d["run"].get("git_commit"),
-                    "started_at": d["run"].get("started_at"), "rows": len(d["results"])} for p, d in reports],
+                    "started_at": d["run"].get("started_at"), "rows": len(d["results"]),
+                    "shard": _shard_of(d)} for p, d in reports],
     }
     merged = {"run": run, "results": sort_rows(list(rows.values()))}
     atomic_write_text(out_dir / "robustness.json", json.dumps(merged, indent=1) + "\n")
@@ -81,6 +96,21 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
 
     write_html(merged, out_dir / "robustness.html")
     return merged
+
+
+def _shard_of(report: dict[str, Any]) -> tuple[int, int] | None:
+    shard = (report["run"].get("config") or {}).get("shard")
+    return tuple(shard) if shard else None
+
+
+def _check_shards_complete(reports: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Reports of --shard I/N runs must cover 1..N: a missing shard's cells would be missing from the gate."""
+    given = {_shard_of(d) for _, d in reports} - {None}
+    for count in sorted({n for _, n in given}):
+        missing = [f"{i}/{count}" for i in range(1, count + 1) if (i, count) not in given]
+        if missing:
+            raise MergeError(f"shard {', '.join(missing)} of the --shard I/{count} run is missing; merge the "
+                             f"reports of all {count} shards (its tests would be missing from the merged report)")
 
 
 def _status_rank(info: dict[str, Any]) -> int:

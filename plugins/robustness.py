@@ -16,6 +16,7 @@ from plugins.config import ConfigError, RunConfig, build_config
 RB_CONFIG = pytest.StashKey[RunConfig]()
 GATE_FAILURES = pytest.StashKey[list]()
 CACHE_SNAPSHOT = pytest.StashKey[tuple]()
+THREADS = pytest.StashKey[tuple]()  # (torch CPU threads per process, why), chosen once on the controller
 
 # Each property is a marker (so `-m ood` and `-k ood` both select it) and a robustness_tests module.
 PROPERTIES = {
@@ -58,7 +59,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--limit", dest="rb_limit", type=int, default=None, metavar="N",
                     help="at most N samples per dataset, for quick runs")
     group.addoption("--seed", dest="rb_seed", type=int, default=0, metavar="N", help="global seed (default 0)")
-    group.addoption("--device", dest="rb_device", default="cpu", metavar="DEV", help="cpu | cuda | cuda:N | auto")
+    group.addoption("--device", dest="rb_device", default="cpu", metavar="DEV",
+                    help="cpu | cuda | cuda:N | auto (auto: CUDA when available, under xdist one GPU per worker "
+                         "round-robin, else cpu)")
+    group.addoption("--precision", dest="rb_precision", default="auto", metavar="P",
+                    help="auto | fp32 | fp16 | bf16: autocast dtype of the model's forward (auto: fp32 on cpu, "
+                         "bf16 on a cuda device that has it, else fp16); part of the embedding cache key")
+    group.addoption("--batch-size", dest="rb_batch_size", type=int, default=256, metavar="N",
+                    help="images per forward call (default 256)")
+    group.addoption("--threads", dest="rb_threads", default="auto", metavar="N|auto",
+                    help="torch CPU threads per process (auto: the free cores shared by the xdist workers, 1 on a "
+                         "busy machine; an OMP_NUM_THREADS in the environment is used when this is auto)")
+    group.addoption("--shard", dest="rb_shard", default=None, metavar="I/N",
+                    help="run shard I of N of the selected tests (one CI job per I; a model's tests stay together "
+                         "where the count allows), then join the reports with python -m plugins.merge")
     # pytest owns `--strict` (its strict mode, which this project's ini enables anyway); the gate reads it
     # too, and `--rb-strict` sets the gate's strictness alone.
     group.addoption("--rb-strict", dest="rb_strict", action="store_true",
@@ -85,7 +99,10 @@ def pytest_configure(config: pytest.Config) -> None:
             strict=config.getoption("rb_strict") or bool(config.getoption("strict", False)), templates=config.getoption("rb_templates"),
             cache_dir=_cache_dir(config), rootdir=config.rootpath,
             baseline_models=config.getoption("rb_baseline_models"), lmms=config.getoption("rb_lmms"),
+            threads=config.getoption("rb_threads"), precision=config.getoption("rb_precision"),
+            batch_size=config.getoption("rb_batch_size"), shard=config.getoption("rb_shard"),
         )
+        config.stash[THREADS] = run_threads(config, rb)
         if not hasattr(config, "workerinput"):  # check names once, on the controller
             from fixtures.models import check_model_spec
 
@@ -114,6 +131,29 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ReportSession(rb, config.rootpath, config), "robustness-report")
 
 
+def run_threads(config: pytest.Config, rb: RunConfig) -> tuple[int, str]:
+    """The run's torch thread count: chosen on the controller (before workers add load) and handed to
+    xdist workers (plugins.report.ReportSession.pytest_configure_node), so one run has one count."""
+    import os
+
+    handed = getattr(config, "workerinput", {}).get("rb_threads")
+    if handed is not None:
+        return tuple(handed)
+    from plugins.config import choose_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return choose_threads(rb.threads, workers=xdist_workers(config), cores=cores, load=load, env=dict(os.environ))
+
+
+def xdist_workers(config: pytest.Config) -> int:
+    """How many xdist workers this run starts (1 without xdist); xdist has expanded -n into --tx by now."""
+    if getattr(config.option, "dist", "no") == "no":
+        return 1
+    specs = getattr(config.option, "tx", None) or []
+    return max(1, sum(int(s.partition("*")[0]) if "*" in s else 1 for s in specs))
+
+
 def _cache_dir(config: pytest.Config) -> Path | None:
     value = config.getoption("rb_cache")
     if value == "off":
@@ -134,6 +174,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "robustness: models: " + ", ".join(m.id for m in rb.models),
         f"robustness: device={rb.device} seed={rb.seed} limit={rb.limit} templates={','.join(rb.templates)} "
         f"strict={rb.strict}",
+        f"robustness: threads={config.stash[THREADS][0]} ({config.stash[THREADS][1]}) precision={rb.precision} "
+        f"batch-size={rb.batch_size} shard={'/'.join(map(str, rb.shard)) if rb.shard else '-'}",
         f"robustness: cache={rb.cache_dir or 'off'} report={rb.report_dir} baseline={rb.baseline or '-'}",
         f"robustness: thresholds: {rule_sources(rb.thresholds)}",
         "robustness: data: " + (", ".join(f"{k}={v}" for k, v in rb.data.items()) or "embedded world"),
@@ -176,11 +218,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             indirect=True, scope="session")
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m: the shards split what the command line selected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         marks = [m.name for m in item.iter_markers() if m.name in PROPERTIES]
         if len(set(marks)) > 1:
             raise pytest.UsageError(f"{item.nodeid}: one robustness property per test, found {sorted(set(marks))}")
+    shard = config.stash[RB_CONFIG].shard
+    if shard is not None:
+        from plugins.merge import shard_positions
+
+        group = [item.get_closest_marker("xdist_group") for item in items]
+        keys = [(str(g.args[0] if g.args else g.kwargs.get("name", "")) if g else "", item.nodeid)
+                for g, item in zip(group, items)]
+        keep = shard_positions(keys, *shard)
+        if len(keep) < len(items):
+            config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i not in keep])
+            items[:] = [item for i, item in enumerate(items) if i in keep]
 
 
 def collected_properties(session: pytest.Session) -> bool:

@@ -1,19 +1,26 @@
-"""Where a suite run's time goes: cold and warm wall time of a one-model run and seconds per bucket.
+"""Where a suite run's time goes, against the forward-pass floor (issue 14).
 
-    python scripts/bench_suite.py                                   # embedded:rn-clip, default sizes
-    python scripts/bench_suite.py --limit 300 -k "calibration or ood or accuracy or retrieval"
+    python scripts/bench_suite.py                       # one-model suite (embedded:rn-clip), default sizes
+    python scripts/bench_suite.py --zoo                 # also the default six-model suite (~40 min more)
+    python scripts/bench_suite.py --limit 300 -k "calibration or ood"     # a quick slice
 
-Runs the suite twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm
-(the same cache, nothing changed), and prints one table: wall seconds, seconds per bucket, the
-cache's hits and misses, and the warm/cold ratios. Buckets are measured in the test process by this
-file loaded as a pytest plugin (``-p bench_suite``), which times the outermost call of each bucket's
-functions (``BUCKETS``); so far: ``bootstrap`` (every bootstrap interval, cached or not). Threads:
-``OMP_NUM_THREADS`` as given (default 1, comparable on a busy machine). Serial runs only (no -n).
+Each suite runs twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm (the same
+cache, nothing changed). In the test process this file, loaded as a pytest plugin (``-p bench_suite``), times
+the functions of each bucket (``BUCKETS``), records start-up (process start to the first test) and each
+model's unique forwarded images (content digests). Bucket seconds are self time: a call of one bucket inside
+another's counts for the inner one only; time spent in decode worker threads is shown apart (it overlaps the
+main thread). ``other`` is the wall time no bucket and no start-up explains (fixtures, metrics, pytest).
+Then, in this process: the forward floor (a bare open_clip ``encode_image`` over that many images, preloaded
+tensors at the model's input size, batches of 256, the run's thread count) and decode throughput
+(``measure_decode`` of scripts/bench_decode.py, when present). Prints the tables and the ratios warm/cold,
+cold/floor and decode harness/bare; writes them to WORK/bench.json. Threads: OMP_NUM_THREADS as given
+(default 1, comparable on a busy machine). Serial runs only (no -n).
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib
 import json
 import os
@@ -21,105 +28,287 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE_ENV = "BENCH_SUITE_PROBE"  # where the plugin writes its bucket totals (JSON)
+PROBE_ENV = "BENCH_SUITE_PROBE"  # where the plugin writes its measurements (JSON)
+FLOOR_BATCH = 256
 
-# bucket -> functions (module, attribute) whose outermost calls it times; missing ones are skipped
+# bucket -> functions (module, "name" or "Class.method") timed; absent ones (older trees) are skipped
 BUCKETS: dict[str, list[tuple[str, str]]] = {
+    "forward": [("fixtures.models", "LoadedModel.encode_items"), ("fixtures.models", "LoadedModel.encode_images"),
+                ("fixtures.models", "LoadedModel.encode_texts")],
+    "render": [("fixtures.datasets", "render_specs"), ("fixtures.world.renderer", "render"),
+               ("fixtures.world.renderer", "render_batch"), ("fixtures.world.renderer", "render_views")],
+    "corruption": [("fixtures.corruptions2d", "CorruptionTransform.__call__"), ("fixtures.corruptions2d", "corrupt"),
+                   ("fixtures.corruptions3d", "Corruption3DTransform.__call__"), ("fixtures.corruptions3d", "corrupt3d")],
     "bootstrap": [("fixtures.pytest_fixtures", "_cached_interval"), ("plugins.stats", "bootstrap_ci"),
                   ("plugins.stats", "bootstrap_ci_two_sample"), ("plugins.stats", "paired_bootstrap_delta")],
+    "lmm": [("fixtures.lmm.protocol", "run_protocol")],
+    "html": [("plugins.html_report", "write_html")],
 }
-_totals: dict[str, dict[str, float]] = {}
+_totals: dict[str, dict[str, float]] = {b: {"seconds": 0.0, "worker_seconds": 0.0, "calls": 0} for b in BUCKETS}
+_probe: dict = {"first_test_at": None, "overhead_s": 0.0, "images": {}}
+_stack = threading.local()  # per thread: [[bucket, seconds of nested timed calls], ...]
 
 
-def _wrap_bucket(bucket: str, targets: list[tuple[str, str]]) -> None:
-    """Replace each target function by a timer; one depth counter per bucket, so nested calls (a cached
-    interval computing a bootstrap) count once."""
-    depth = [0]
-    total = _totals.setdefault(bucket, {"seconds": 0.0, "calls": 0})
+def _frames() -> list:
+    if not hasattr(_stack, "frames"):
+        _stack.frames = []
+    return _stack.frames
 
-    def timed(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            depth[0] += 1
+
+def timed(bucket: str, fn):
+    """``fn`` timed into ``bucket``: self time (nested timed calls go to their own bucket), one call per
+    outermost entry into the bucket."""
+    total = _totals.setdefault(bucket, {"seconds": 0.0, "worker_seconds": 0.0, "calls": 0})
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        frames = _frames()
+        outer = all(f[0] != bucket for f in frames)
+        frames.append([bucket, 0.0])
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - start
+            _, nested = frames.pop()
+            key = "seconds" if threading.current_thread() is threading.main_thread() else "worker_seconds"
+            total[key] += elapsed - nested
+            total["calls"] += outer
+            if frames:
+                frames[-1][1] += elapsed
+
+    wrapper.__bench_original__ = fn
+    return wrapper
+
+
+def _untimed(seconds: float) -> None:
+    """Probe work (digests) inside a timed call: charged to no bucket."""
+    _probe["overhead_s"] += seconds
+    if _frames():
+        _frames()[-1][1] += seconds
+
+
+def _count_images(fn):
+    """``encode_items(self, n, load, ...)`` with ``load`` wrapped to digest each image it returns."""
+    @functools.wraps(fn)
+    def wrapper(self, n, load, *args, **kwargs):
+        seen = _probe["images"].setdefault(self.id, {"forwarded": 0, "digests": set()})
+
+        def digesting(indices):
+            images = load(indices)
             start = time.perf_counter()
+            for im in images:
+                seen["digests"].add(hashlib.blake2b(im.tobytes() + str(im.shape).encode(), digest_size=16).digest())
+            seen["forwarded"] += len(images)
+            _untimed(time.perf_counter() - start)
+            return images
+
+        return fn(self, n, digesting, *args, **kwargs)
+
+    return wrapper
+
+
+def install(buckets: dict[str, list[tuple[str, str]]] = BUCKETS) -> None:
+    """Wrap every target on its module or class, and rebind it in every loaded module that imported it by
+    name (``from fixtures.datasets import render_specs``), so each call site goes through the timer."""
+    for bucket, targets in buckets.items():
+        for module_name, attr in targets:
             try:
-                return fn(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-                if depth[0] == 0:
-                    total["seconds"] += time.perf_counter() - start
-                    total["calls"] += 1
+                owner = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            *path, name = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part, None)
+            original = getattr(owner, name, None) if owner is not None else None
+            if original is None or hasattr(original, "__bench_original__"):
+                continue
+            wrapped = timed(bucket, original)
+            setattr(owner, name, wrapped)
+            if not path:
+                for module in list(sys.modules.values()):
+                    for key, value in list(getattr(module, "__dict__", {}).items()):
+                        if value is original:
+                            setattr(module, key, wrapped)
 
-        return wrapper
 
-    for module_name, attr in targets:
-        module = importlib.import_module(module_name)
-        if hasattr(module, attr):  # absent in older trees (e.g. before the CI cache)
-            setattr(module, attr, timed(getattr(module, attr)))
-
-
-def pytest_configure(config) -> None:
-    """The probe (only when run by this script): wrap each bucket's functions in its timer."""
+def pytest_collection_finish(session) -> None:
+    """The probe (only when run by this script): test modules are imported now, so every name is bound."""
     if os.environ.get(PROBE_ENV):
-        for bucket, targets in BUCKETS.items():
-            _wrap_bucket(bucket, targets)
+        from fixtures import models
+
+        if hasattr(models.LoadedModel, "encode_items"):  # before the timer wraps it: digests are not forward time
+            models.LoadedModel.encode_items = _count_images(models.LoadedModel.encode_items)
+        install()
+
+
+def pytest_runtest_protocol(item, nextitem) -> None:
+    if _probe["first_test_at"] is None:
+        _probe["first_test_at"] = time.time()
 
 
 def pytest_unconfigure(config) -> None:
     path = os.environ.get(PROBE_ENV)
     if path and not hasattr(config, "workerinput"):
-        Path(path).write_text(json.dumps(_totals))
+        images = {m: {"forwarded": v["forwarded"], "unique": len(v["digests"])} for m, v in _probe["images"].items()}
+        Path(path).write_text(json.dumps({"buckets": _totals, "first_test_at": _probe["first_test_at"],
+                                          "overhead_s": _probe["overhead_s"], "images": images}))
 
 
-def run_suite(label: str, args: argparse.Namespace, cache: Path, work: Path) -> dict:
+# ------------------------------------------------------------------------------------------------
+# the driver
+
+
+def run_suite(label: str, models: list[str], args: argparse.Namespace, cache: Path, work: Path) -> dict:
     probe = work / f"{label}.probe.json"
     report = work / label
+    probe.unlink(missing_ok=True)
     env = {**os.environ, PROBE_ENV: str(probe), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "pytest", "robustness_tests", "-p", "bench_suite", "-q", "-p", "no:cacheprovider",
-           "--model", args.model, "--report-dir", str(report), "--embedding-cache", str(cache)]
+           "--report-dir", str(report), "--embedding-cache", str(cache), "--device", args.device]
+    cmd += [x for m in models for x in ("--model", m)]
     cmd += (["--limit", str(args.limit)] if args.limit else []) + (["-k", args.k] if args.k else [])
+    launched = time.time()
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if not probe.exists():
         sys.exit(f"the {label} run wrote no measurements (exit {done.returncode}):\n{done.stdout[-3000:]}"
                  f"{done.stderr[-3000:]}")
+    measured = json.loads(probe.read_text())
     run = json.loads((report / "robustness.json").read_text())["run"] if (report / "robustness.json").exists() else {}
-    return {"wall": wall, "buckets": json.loads(probe.read_text()), "cache": run.get("cache", {}),
-            "exit": done.returncode}
+    first = measured["first_test_at"]
+    return {"wall": wall, "startup": (first - launched) if first else None, "buckets": measured["buckets"],
+            "overhead_s": measured["overhead_s"], "images": measured["images"], "cache": run.get("cache", {}),
+            "threads": run.get("threads"), "specs": {m: (i or {}).get("spec", m) for m, i in (run.get("models") or {}).items()},
+            "exit": done.returncode, "tail": done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []}
+
+
+def forward_floor(spec: str, n: int, threads: int, device: str) -> float:
+    """Seconds of a bare open_clip ``encode_image`` over ``n`` images (preloaded tensors at the model's input
+    size, batches of FLOOR_BATCH) with ``threads`` torch threads; content does not change a forward's cost."""
+    import torch
+
+    from fixtures.models import load_model, parse_model_spec
+
+    torch.set_num_threads(threads)
+    model = load_model(parse_model_spec(spec), device=device).model
+    size = model.visual.image_size
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    batch = torch.randn(FLOOR_BATCH, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        model.encode_image(batch[:8])  # warm-up: first-call allocations are not the floor
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for done in range(0, n, FLOOR_BATCH):
+            model.encode_image(batch[:min(FLOOR_BATCH, n - done)], normalize=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def decode_throughput(args: argparse.Namespace, work: Path) -> tuple[dict | None, str]:
+    """(harness and bare images/s, note) from scripts/bench_decode.py (its generated JPEG folder and 224 px
+    architecture), when that script exists."""
+    try:
+        bench_decode = importlib.import_module("bench_decode")
+    except ImportError:
+        return None, "scripts/bench_decode.py is not present: no decode row"
+    folder = bench_decode.make_folder(work / "jpegs", args.decode_images)
+    result = bench_decode.measure_decode(folder, args.decode_arch, args.decode_images)
+    print(f"decode: {json.dumps(result)}", flush=True)
+    return ({"harness": result["harness_images_per_s"], "bare": result["bare_images_per_s"], "raw": result},
+            "measure_decode() of scripts/bench_decode.py")
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def print_tables(results: dict[str, dict], floors: dict[str, float], decode: dict | None, decode_note: str) -> list:
+    buckets = list(BUCKETS)
+    print("| run | wall s | start-up s | " + " | ".join(f"{b} s" for b in buckets)
+          + " | other s | cache hits / misses | exit |")
+    print("|---" * (len(buckets) + 6) + "|")
+    for label, r in results.items():
+        cells = []
+        for b in buckets:
+            t = r["buckets"].get(b, {})
+            worker = f" (+{t['worker_seconds']:.1f} in workers)" if t.get("worker_seconds", 0) >= 0.05 else ""
+            cells.append(f"{t.get('seconds', 0):.1f}{worker}")
+        other = r["wall"] - (r["startup"] or 0) - sum(r["buckets"].get(b, {}).get("seconds", 0) for b in buckets)
+        print(f"| {label} | {r['wall']:.1f} | {_fmt(r['startup'])} | " + " | ".join(cells)
+              + f" | {other:.1f} | {r['cache'].get('hits', '?')} / {r['cache'].get('misses', '?')} | {r['exit']} |")
+    ratios = []
+    for suite in sorted({label.rsplit(" ", 1)[0] for label in results}):
+        cold, warm = results.get(f"{suite} cold"), results.get(f"{suite} warm")
+        target = "≤ 0.05" if suite == "one-model" else "≤ 0.10"
+        if cold and warm:
+            ratios.append((f"{suite}: warm / cold wall", warm["wall"] / cold["wall"], target))
+        if cold and floors.get(suite):
+            ratios.append((f"{suite}: cold wall / forward floor ({floors[suite]:.1f} s)", cold["wall"] / floors[suite],
+                           "≤ 3" if suite == "one-model" else ""))
+            fwd = cold["buckets"].get("forward", {}).get("seconds", 0)
+            ratios.append((f"{suite}: cold forward bucket / forward floor", fwd / floors[suite], ""))
+    if decode and decode.get("harness") and decode.get("bare"):
+        ratios.append((f"decode: harness / bare images/s ({decode['harness']:.1f} / {decode['bare']:.1f})",
+                       decode["harness"] / decode["bare"], "≥ 0.9"))
+    print("\n| ratio | value | issue 14 target |\n|---|---|---|")
+    for name, value, target in ratios:
+        print(f"| {name} | {value:.3f} | {target} |")
+    if not decode:
+        print(f"\n{decode_note}")
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="embedded:rn-clip")
+    parser.add_argument("--model", default="embedded:rn-clip", help="the one-model suite's model")
+    parser.add_argument("--zoo", action="store_true", help="also the default six-model suite (cold + warm)")
     parser.add_argument("--limit", type=int, default=None, help="samples per dataset (default: the suite's sizes)")
     parser.add_argument("-k", default=None, help="pytest -k expression (default: the whole suite)")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="folder for the cache and reports (default: a temp dir)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--decode-images", type=int, default=1000, help="JPEGs for the decode measurement")
+    parser.add_argument("--decode-arch", default="ViT-B-32:random", help="a 224 px model for the decode measurement")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode measurement")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the caches and reports (default: temp)")
     args = parser.parse_args(argv)
+    sys.path[:0] = [str(REPO), str(REPO / "scripts")]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_suite_"))
-    cache = work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    results = {label: run_suite(label, args, cache, work) for label in ("cold", "warm")}
-
-    buckets = sorted({b for r in results.values() for b in r["buckets"]})
-    print(f"model {args.model}, limit {args.limit or 'default'}, -k {args.k or '(all)'}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, work {work}")
-    print("| run | wall s | " + " | ".join(f"{b} s (calls)" for b in buckets) + " | cache hits / misses | exit |")
-    print("|---" * (len(buckets) + 4) + "|")
-    for label, r in results.items():
-        cells = [f"{r['buckets'].get(b, {}).get('seconds', 0):.2f} ({r['buckets'].get(b, {}).get('calls', 0)})"
-                 for b in buckets]
-        print(f"| {label} | {r['wall']:.1f} | " + " | ".join(cells)
-              + f" | {r['cache'].get('hits', '?')} / {r['cache'].get('misses', '?')} | {r['exit']} |")
-    cold, warm = results["cold"], results["warm"]
-    print(f"warm / cold wall: {warm['wall'] / cold['wall']:.2f}")
+    work.mkdir(parents=True, exist_ok=True)
+    suites = {"one-model": [args.model]} | ({"six-model": []} if args.zoo else {})  # [] = the default zoo
+    print(f"limit {args.limit or 'default'}, -k {args.k or '(all)'}, device {args.device}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, load average before "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, work {work}", flush=True)
+    results: dict[str, dict] = {}
+    floors: dict[str, float] = {}
+    for suite, models in suites.items():
+        cache = work / f"{suite}-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        for phase in ("cold", "warm"):
+            label = f"{suite} {phase}"
+            results[label] = run_suite(label.replace(" ", "-"), models, args, cache, work)
+            print(f"{label}: {results[label]['wall']:.1f} s, {' '.join(results[label]['tail'])}", flush=True)
+        cold = results[f"{suite} cold"]
+        threads = cold["threads"] or int(os.environ.get("OMP_NUM_THREADS", "1"))
+        floors[suite] = sum(forward_floor(cold["specs"].get(m, m), v["unique"], threads, args.device)
+                            for m, v in cold["images"].items() if v["unique"])
+        print(f"{suite} forward floor: {floors[suite]:.1f} s over "
+              f"{sum(v['unique'] for v in cold['images'].values())} unique images "
+              f"({sum(v['forwarded'] for v in cold['images'].values())} forwarded), {threads} thread(s)", flush=True)
+    decode, note = (None, "decode not measured (--no-decode)") if args.no_decode else decode_throughput(args, work)
+    print(f"load average after {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    ratios = print_tables(results, floors, decode, note)
+    (work / "bench.json").write_text(json.dumps({"results": results, "floors": floors, "decode": decode,
+                                                 "ratios": ratios}, indent=1, default=str))
     return 0
 
 

@@ -557,3 +557,35 @@ def test_lmm_summary_quotes_the_loglik_gain(lmm_rendered):
     loglik = [r["value"] for r in rows if r["model"] == M1 and r["metric"] == "lmm_gain"
               and r["condition"] == f"lmm={LMM};scoring=loglik"]
     assert cell.find("span", **{"class": "key"})[0].all_text() == f"lmm_gain {np.mean(loglik):.3g} (mean of 3 datasets)"
+
+
+def test_figures_of_an_unchanged_report_come_from_the_cache(tmp_path, monkeypatch):
+    """Issue 14: a warm re-render draws no figure and writes the same bytes as a render without the
+    cache (notes of missing/corrupt sample files included); a changed row never hits."""
+    from plugins import html_report
+
+    report_dir, cache = tmp_path / "rep", tmp_path / "cache"
+    report_dir.mkdir()
+    report = build_report(report_dir)
+    drawn: list[str] = []
+    draw = html_report.FigureRenderer._draw
+    monkeypatch.setattr(html_report.FigureRenderer, "_draw",
+                        staticmethod(lambda plot, salt, ctx: drawn.append(plot.title) or draw(plot, salt, ctx)))
+
+    def html(rep: dict[str, Any], cache_dir: Path | None) -> str:
+        write_html(rep, tmp_path / "out.html", report_dir=report_dir, cache_dir=cache_dir)
+        return (tmp_path / "out.html").read_text(encoding="utf-8")
+
+    plain = html(report, None)
+    n_figures = len(drawn)
+    assert n_figures > 5 and "is missing" in plain
+    assert html(report, cache) == plain and len(drawn) == 2 * n_figures  # cold: every figure drawn once
+    assert html(report, cache) == plain and len(drawn) == 2 * n_figures  # warm: none drawn
+    timed = json.loads(json.dumps(report))
+    timed["results"][0]["extra"] = {"images_per_s": 123.4}  # a measured throughput: no figure draws it
+    assert html(timed, cache) == html(timed, None) and len(drawn) == 3 * n_figures
+    changed = json.loads(json.dumps(report))
+    first = next(r for r in changed["results"] if r["property"] == "accuracy" and r["metric"] == "top1")
+    first["value"] = round(first["value"] - 0.2, 6)
+    drawn.clear()
+    assert html(changed, cache) == html(changed, None) and drawn  # a changed input is drawn again

@@ -1,0 +1,53 @@
+"""scripts/bench_suite.py's probe: bucket seconds are self time, and a function imported by name elsewhere
+is timed at that call site too (issue 14)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_suite.py"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_suite_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # a fresh copy: its totals are this test's alone
+    work = types.ModuleType("bench_fake_work")
+
+    def inner() -> None:
+        time.sleep(0.05)
+
+    def outer() -> None:
+        time.sleep(0.05)
+        work.inner()
+        work.outer_again(0)
+
+    def outer_again(depth: int) -> None:  # nested calls of one bucket count once
+        if depth < 2:
+            work.outer_again(depth + 1)
+
+    work.inner, work.outer, work.outer_again = inner, outer, outer_again
+    caller = types.ModuleType("bench_fake_caller")
+    caller.inner = inner  # as `from bench_fake_work import inner` binds it
+    for m in (work, caller):
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+    module.install({"a": [("bench_fake_work", "outer"), ("bench_fake_work", "outer_again")],
+                    "b": [("bench_fake_work", "inner")], "c": [("bench_fake_work", "missing")]})
+    return module
+
+
+def test_buckets_count_self_time_and_rebind_imported_names(bench: types.ModuleType) -> None:
+    sys.modules["bench_fake_work"].outer()
+    sys.modules["bench_fake_work"].outer_again(0)
+    sys.modules["bench_fake_caller"].inner()
+    totals = bench._totals
+    assert totals["a"]["calls"] == 2 and totals["b"]["calls"] == 2  # outer (once), outer_again; inner twice
+    assert 0.04 <= totals["a"]["seconds"] < 0.09  # outer's own sleep, not inner's
+    assert 0.09 <= totals["b"]["seconds"] < 0.2  # both inner sleeps, the one via the imported name included
+    assert totals.get("c", {}).get("calls", 0) == 0  # an absent target is skipped, not an error

@@ -1,0 +1,216 @@
+"""Scaling a run: torch threads for the machine, --precision / --batch-size, --device auto per xdist worker,
+--shard I/N (and merging the shards)."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from plugins.config import ConfigError, choose_threads, parse_shard, parse_threads
+from tests.conftest import RANDOM_MODEL
+
+# --------------------------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("workers, cores, load, expected", [
+    (1, 2, 0.1, 2),  # a quiet 2-core machine: both cores
+    (1, 2, 1.0, 1),  # one other busy process: 2 threads take 2.8x as long, 1 thread is unchanged
+    (1, 2, 2.5, 1),  # busier than the cores: still one thread
+    (2, 2, 0.0, 1),  # -n 2: one per worker
+    (4, 16, 0.0, 4),  # the cores shared by the workers
+    (4, 16, 8.0, 2),  # ... the free ones
+    (1, 16, 1.0, 15),  # one busy process on many cores: the others
+    (8, 2, 0.0, 1),  # more workers than cores
+])
+def test_auto_threads_share_the_free_cores(workers, cores, load, expected):
+    count, why = choose_threads(None, workers=workers, cores=cores, load=load, env={})
+    assert count == expected and why.startswith("auto")
+
+
+def test_explicit_thread_counts_win_over_auto():
+    assert choose_threads(None, workers=1, cores=2, load=0, env={"OMP_NUM_THREADS": "1"}) == (1, "OMP_NUM_THREADS")
+    assert choose_threads(3, workers=1, cores=2, load=2, env={"OMP_NUM_THREADS": "1"}) == (3, "--threads")
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS='x': must be a positive integer"):
+        choose_threads(None, workers=1, cores=2, load=0, env={"OMP_NUM_THREADS": "x"})
+    assert parse_threads("auto") is None and parse_threads("4") == 4
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(ConfigError, match="--threads"):
+            parse_threads(bad)
+
+
+THREADS_TEST = '''
+import os
+import pytest
+import torch
+
+pytestmark = pytest.mark.accuracy
+
+def test_threads(clip, record):
+    assert torch.get_num_threads() == int(os.environ["EXPECT_THREADS"])
+    record("top1", 1.0, dataset="d", n=1)
+'''
+
+
+def test_thread_count_reaches_workers_header_and_report(pytester, run_harness, monkeypatch):
+    pytester.makepyfile(test_t=THREADS_TEST)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("EXPECT_THREADS", "2")  # not the 1-per-worker share of the old rule
+    result = run_harness("--model", RANDOM_MODEL, "--threads", "2", "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["robustness: threads=2 (--threads) precision=auto batch-size=256 shard=-"])
+    run = json.loads((pytester.path / "reports" / "robustness.json").read_text())["run"]
+    assert run["threads"] == 2 and run["config"]["threads"] == 2
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("EXPECT_THREADS", "1")
+    result = run_harness("--model", RANDOM_MODEL)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["robustness: threads=1 (OMP_NUM_THREADS)*"])
+
+
+# ----------------------------------------------------------------------------------- precision, batch size
+
+
+def test_precision_resolves_per_device():
+    from fixtures.models import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda:1", bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", "cuda", bf16_supported=False) == "fp16"
+    assert resolve_precision("fp32", "cuda:0", bf16_supported=True) == "fp32"  # the flag that turns autocast off
+    assert resolve_precision("bf16", "cpu") == "bf16"
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from fixtures.models import load_model, parse_model_spec
+
+    spec = parse_model_spec(RANDOM_MODEL)
+    return {p: load_model(spec, precision=p, batch_size=3) for p in ("fp32", "bf16")}
+
+
+@pytest.fixture(scope="module")
+def images():
+    from fixtures.datasets import world_dataset
+
+    return world_dataset("test", n=8)
+
+
+def test_autocast_changes_embeddings_slightly_and_is_its_own_cache_entry(tiny_models, images, tmp_path):
+    from fixtures.cache import EmbeddingCache
+    from fixtures.embed import image_embeddings, model_key
+
+    fp32, bf16 = tiny_models["fp32"], tiny_models["bf16"]
+    assert "precision" not in model_key(fp32)  # fp32 keys as before: existing caches stay valid
+    assert model_key(bf16)["precision"] == "bf16" and bf16.describe()["precision"] == "bf16"
+    cache = EmbeddingCache(tmp_path)
+    a = image_embeddings(fp32, images, cache)
+    b = image_embeddings(bf16, images, cache)
+    assert (cache.hits, cache.misses) == (0, 2)  # the bf16 model never reads the fp32 entry
+    assert a.dtype == b.dtype == np.float32 and not np.array_equal(a, b)
+    np.testing.assert_allclose(a, b, atol=0.05)  # bf16's 8-bit mantissa on unit vectors
+    np.testing.assert_allclose(bf16.encode_texts(["a cup"]), fp32.encode_texts(["a cup"]), atol=0.05)
+
+
+def test_overflow_under_autocast_names_the_precision_flag(tiny_models):
+    from fixtures.models import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="overflow under bf16 autocast; run it with --precision fp32"):
+        tiny_models["bf16"].require_finite(np.array([[np.inf, 0.0]]), "image embeddings", "world:test")
+
+
+def test_batch_size_keeps_cpu_fp32_numbers_within_tolerance(tiny_models, images):
+    from plugins.report import SAMPLES_TOLERANCE
+
+    model = tiny_models["fp32"]
+    assert model.batch_size == 3
+    pictures = images.images()
+    np.testing.assert_allclose(model.encode_images(pictures), model.encode_images(pictures, batch_size=256),
+                               **SAMPLES_TOLERANCE)
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (("--precision", "fp8"), "*--precision 'fp8': use auto, fp32, fp16, bf16 (auto: fp32 on cpu, autocast on cuda)*"),
+    (("--batch-size", "0"), "*--batch-size 0: must be a positive number of images per forward call*"),
+    (("--threads", "0"), "*--threads '0': use a positive number of torch CPU threads, or auto*"),
+    (("--shard", "5/4"), "*--shard '5/4': use I/N with 1 <= I <= N, one job per I*"),
+])
+def test_bad_scaling_options_stop_at_start(pytester, run_harness, args, sentence):
+    pytester.makepyfile(test_t=THREADS_TEST)
+    result = run_harness("--model", RANDOM_MODEL, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([sentence])
+    assert "Traceback" not in result.stderr.str()
+
+
+# --------------------------------------------------------------------------------------------- devices
+
+
+def test_auto_device_gives_each_worker_one_gpu():
+    from fixtures.models import auto_device, resolve_device
+
+    assert [auto_device(f"gw{i}", 2) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert auto_device(None, 2) == "cuda:0"  # a serial run
+    assert [auto_device(w, 0) for w in ("gw0", "gw3", None)] == ["cpu"] * 3
+    import torch
+
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == "cpu"
+
+
+# --------------------------------------------------------------------------------------------- shards
+
+
+def test_shards_split_every_test_once_and_keep_a_model_together():
+    from plugins.merge import shard_positions
+
+    keys = [(model, f"test_{prop}.py::test[{model}]") for model in ("a", "b", "c") for prop in range(4)] + \
+        [("", "test_plain.py::test")]
+    for count in (1, 2, 3, 5, 13, 20):
+        parts = [shard_positions(keys, i, count) for i in range(1, count + 1)]
+        assert sorted(i for p in parts for i in p) == list(range(len(keys)))  # each test in exactly one shard
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    thirds = [{keys[i][0] for i in shard_positions(keys, i, 3)} for i in (1, 2, 3)]
+    assert thirds == [{"", "a"}, {"a", "b"}, {"b", "c"}]  # contiguous by model: each on at most two shards
+    shuffled = random.Random(0).sample(keys, len(keys))
+    assert {shuffled[i] for i in shard_positions(shuffled, 2, 3)} == {keys[i] for i in shard_positions(keys, 2, 3)}
+    assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
+    for bad in ("0/4", "5/4", "1/0", "a/b", "1-4"):
+        with pytest.raises(ConfigError, match="use I/N with 1 <= I <= N"):
+            parse_shard(bad)
+
+
+def test_merged_shards_equal_one_run(pytester, run_harness):
+    from plugins.merge import main as merge_main
+    from tests.test_plugin import RECORDING_TESTS
+
+    pytester.makepyfile(test_props=RECORDING_TESTS)
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "full").assert_outcomes(passed=4)
+    shards = []
+    for i, n in ((1, 2), (2, 2)):
+        result = run_harness("--model", RANDOM_MODEL, "--report-dir", f"shard{i}", "--shard", f"{i}/{n}")
+        result.assert_outcomes(passed=2, deselected=2)
+        result.stdout.fnmatch_lines([f"robustness: threads=* shard={i}/{n}"])
+        shards.append(pytester.path / f"shard{i}" / "robustness.json")
+        assert json.loads(shards[-1].read_text())["run"]["config"]["shard"] == [i, n]
+    out = pytester.path / "merged"
+    assert merge_main([*map(str, shards), "--out", str(out)]) == 0
+    full = json.loads((pytester.path / "full" / "robustness.json").read_text())["results"]
+    merged = json.loads((out / "robustness.json").read_text())
+    assert merged["results"] == full  # same cells, values, CIs and per-sample files
+    assert merged["run"]["config"]["shard"] is None
+    assert [s["shard"] for s in merged["run"]["shards"]] == [[1, 2], [2, 2]]
+
+
+def test_merge_refuses_a_missing_shard(tmp_path, capsys):
+    from plugins.merge import main as merge_main
+
+    for name, shard in (("a", [1, 3]), ("b", [3, 3])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "robustness.json").write_text(json.dumps(
+            {"run": {"seed": 0, "models": {}, "config": {"shard": shard}}, "results": []}))
+    assert merge_main([str(tmp_path / "a" / "robustness.json"), str(tmp_path / "b" / "robustness.json"),
+                       "--out", str(tmp_path / "out")]) == 2
+    assert "shard 2/3 of the --shard I/3 run is missing" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""Start-up stays light: `pytest --help` and collection never import torch or open_clip (issue 14)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "open_clip")
+PROBE = """
+import sys
+
+def pytest_unconfigure(config):
+    print("HEAVY-MODULES=" + ",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["--collect-only", "-q", "robustness_tests"],
+    ["--collect-only", "-q", "robustness_tests", "--model", "ViT-B-32:random"],
+], ids=["help", "collect", "collect-random-arch"])
+def test_startup_imports_neither_torch_nor_open_clip(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "rb_probe.py").write_text(PROBE.format(heavy=HEAVY), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "rb_probe", "-p", "no:cacheprovider", *args,
+         "--report-dir", str(tmp_path / "rep"), "--embedding-cache", "off"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("HEAVY-MODULES="))
+    assert line == "HEAVY-MODULES=", f"start-up imported {line.partition('=')[2]}"
+
+
+def test_architectures_read_from_config_files_match_open_clip() -> None:
+    """The torch-free architecture list (config JSONs) is open_clip's own registry, zoo included."""
+    import open_clip
+
+    from fixtures import zoo
+    from fixtures.models import config_file_architectures
+
+    zoo.register_configs()
+    assert sorted(config_file_architectures()) == sorted(open_clip.list_models())
+
+
+def test_template_sets_are_built_on_first_use() -> None:
+    from fixtures import templates
+
+    assert templates.check_templates("openai") is None
+    name, sets = templates.resolve_templates("simple")
+    assert (name, sets) == ("simple", templates.TEMPLATE_SETS["simple"]) and all("{c}" in t for t in sets)
+    with pytest.raises(ValueError, match="unknown template set 'nope'"):
+        templates.check_templates("nope")
