@@ -22,6 +22,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(mark, append=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _report_rendering_loaded() -> None:
+    """pytester restores ``sys.modules`` after every test that uses it, dropping the modules first imported
+    during that test. A report rendered in-process there (``plugins.merge``) would leave half of matplotlib
+    to be imported again beside the other half (two ``SubplotSpec`` classes, and a ValueError in the next
+    rendering). So the drawing stack is loaded once per process, before any test."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots(1, 2, squeeze=False)[0][0].bar(["a"], [1.0])
+    fig.savefig(io.BytesIO(), format="svg")
+
+
 @pytest.fixture
 def run_harness(pytester: pytest.Pytester):
     """Run pytest in a subprocess on ``pytester``'s folder with the robustness plugin loaded."""

@@ -83,6 +83,7 @@ class BrightnessModel:
 
     threshold: float
     device: str = "cpu"
+    precision: str = "fp32"  # fixtures.embed.model_key reads it
 
     def __post_init__(self):
         self.weights_sha256, self.preprocess_cfg = f"brightness:{self.threshold!r}", {}  # what the cache keys on
