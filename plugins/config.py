@@ -239,6 +239,12 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
     if device.startswith("cuda"):
         _check_cuda(device)
+    from fixtures.pipeline import decode_workers
+
+    try:
+        decode_workers(device)  # a bad ROBUSTNESS_DECODE_WORKERS stops the run here, not at the first embedding
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed}: must be an integer from 0 to 2**32-1 (4294967295)")
     if precision not in PRECISIONS:

@@ -7,7 +7,8 @@ The harness rate is ``fixtures.embed.image_embeddings`` on the folder with the d
 digests (item ids), decoding, preprocessing (in ``fixtures.pipeline``'s worker threads) and the forward.
 The bare rate is ``model.encode_image`` alone on the same batches, decoded and preprocessed beforehand
 (untimed) with open_clip's transform on the calling thread. Both embeddings must be equal bitwise (same
-pixels, same batches). Without ``--folder`` a folder of JPEGs of 256-500 px (smooth noise, quality 90,
+pixels, same batches). The two alternate chunk by chunk (ABBA), so a changing machine load hits both alike;
+``--repeats`` counts each chunk's fastest pass (on a busy 2-core machine one pass varies by about +-30%). Without ``--folder`` a folder of JPEGs of 256-500 px (smooth noise, quality 90,
 ten class folders) is generated once under ``--work``. Threads: ``OMP_NUM_THREADS`` as given; decode
 workers: ``ROBUSTNESS_DECODE_WORKERS`` or the automatic choice. ``measure_decode`` is what
 ``scripts/bench_suite.py`` calls.
@@ -44,9 +45,10 @@ def make_folder(root: Path, n: int = 1000, *, seed: int = 0) -> Path:
     return root
 
 
-def measure_decode(folder: Path, arch: str = "ViT-B-32:random", n: int = 1000) -> dict:
+def measure_decode(folder: Path, arch: str = "ViT-B-32:random", n: int = 1000, *, repeats: int = 1) -> dict:
     """Images per second of the harness path and of the bare encode loop on the first ``n`` images of
-    ``folder`` (an ImageFolder tree), their ratio, and what the numbers depend on (threads, load)."""
+    ``folder`` (an ImageFolder tree), their ratio, and what the numbers depend on (threads, load). With
+    ``repeats`` > 1 each chunk's time is the fastest of its repeats (a busy machine only ever slows a run)."""
     import torch
     from PIL import Image
 
@@ -70,25 +72,28 @@ def measure_decode(folder: Path, arch: str = "ViT-B-32:random", n: int = 1000) -
         return emb, time.perf_counter() - start
 
     def bare(chunk: range) -> tuple[np.ndarray, float]:  # the same batches, decoded and preprocessed untimed
-        paths = dataset.loader.paths
-        batches = [torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in paths[b:min(b + size, n)]])
-                   for b in range(chunk.start, chunk.stop, size)]  # (B, 3, H, W) each
+        spans = [dataset.loader.paths[b:min(b + size, chunk.stop)] for b in range(chunk.start, chunk.stop, size)]
+        batches = [torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in span]) for span in spans]
         start = time.perf_counter()
         with torch.inference_mode():
             out = [model.model.encode_image(x.to(model.device), normalize=True).float().cpu().numpy() for x in batches]
         return np.concatenate(out), time.perf_counter() - start
 
     # chunk by chunk (CHUNK items), the two paths alternating (ABBA): a changing machine load hits both alike
-    seconds, parts = {harness: 0.0, bare: 0.0}, {harness: [], bare: []}
-    for k, chunk in enumerate(range(c, min(c + CHUNK, n)) for c in range(0, n, CHUNK)):
-        for path in (harness, bare) if k % 2 == 0 else (bare, harness):
-            emb, took = path(chunk)
-            parts[path].append(emb)
-            seconds[path] += took
-    harness_s, bare_s = seconds[harness], seconds[bare]
-    equal = np.array_equal(np.concatenate(parts[harness]), np.concatenate(parts[bare]))
+    chunks = [range(c, min(c + CHUNK, n)) for c in range(0, n, CHUNK)]
+    took: dict = {(path, k): [] for path in (harness, bare) for k in range(len(chunks))}
+    parts: dict = {}
+    for r in range(repeats):
+        for k, chunk in enumerate(chunks):
+            for path in (harness, bare) if (k + r) % 2 == 0 else (bare, harness):
+                emb, seconds = path(chunk)
+                took[path, k].append(seconds)
+                parts.setdefault((path, k), emb)
+    harness_s, bare_s = (sum(min(took[path, k]) for k in range(len(chunks))) for path in (harness, bare))
+    equal = all(np.array_equal(parts[harness, k], parts[bare, k]) for k in range(len(chunks)))
     return {
-        "images": n, "arch": arch, "harness_images_per_s": n / harness_s, "bare_images_per_s": n / bare_s,
+        "images": n, "arch": arch, "repeats": repeats,
+        "harness_images_per_s": n / harness_s, "bare_images_per_s": n / bare_s,
         "ratio": bare_s / harness_s, "equal": bool(equal),
         "torch_threads": torch.get_num_threads(), "decode_workers": decode_workers(model.device),
         "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
@@ -101,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-decode"), help="where generated JPEGs go")
     parser.add_argument("--arch", default="ViT-B-32:random", help="a --model spec (a 224 px architecture)")
     parser.add_argument("--n", type=int, default=1000, help="images to measure")
+    parser.add_argument("--repeats", type=int, default=1, help="passes; each chunk counts its fastest")
     args = parser.parse_args(argv)
     folder = args.folder or make_folder(args.work / "jpegs", args.n)
-    r = measure_decode(folder, args.arch, args.n)
-    print(f"{r['images']} images, {r['arch']}, {r['torch_threads']} torch threads, {r['decode_workers']} decode "
+    r = measure_decode(folder, args.arch, args.n, repeats=args.repeats)
+    print(f"{r['images']} images x {r['repeats']}, {r['arch']}, {r['torch_threads']} torch threads, "
+          f"{r['decode_workers']} decode "
           f"workers, {r['cores']} cores, load {r['load_before']:.1f} -> {r['load_after']:.1f}")
     print(f"harness {r['harness_images_per_s']:.1f} img/s, bare encode loop {r['bare_images_per_s']:.1f} img/s, "
           f"ratio {r['ratio']:.2f}, embeddings equal: {r['equal']}")

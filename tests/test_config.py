@@ -121,6 +121,14 @@ def test_seed_out_of_range_is_a_usage_error(tmp_path, seed):
     assert _build(tmp_path, seed=2**32 - 1).seed == 2**32 - 1
 
 
+def test_bad_decode_worker_count_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTNESS_DECODE_WORKERS", "two")
+    with pytest.raises(ConfigError, match=r"ROBUSTNESS_DECODE_WORKERS='two' is not a whole number"):
+        _build(tmp_path)
+    monkeypatch.setenv("ROBUSTNESS_DECODE_WORKERS", "2")
+    assert _build(tmp_path).device == "cpu"
+
+
 @pytest.mark.parametrize("device, count, fragment", [
     ("cuda", 0, "--device cuda: CUDA is not available on this machine; use --device cpu"),
     ("cuda:1", 0, "--device cuda:1: CUDA is not available"),
