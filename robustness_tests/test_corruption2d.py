@@ -99,7 +99,7 @@ def test_mce_world(all_models, world, cache, record, rb_config):
             with warnings.catch_warnings():  # a reference without errors leaves mCE undefined: nan, with the reason
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
                 value = mce(a, b)
-            ci, why = interval_or_none(mce, a, b, seed=record.seed) if np.isfinite(value) else \
+            ci, why = interval_or_none(record, mce, a, b) if np.isfinite(value) else \
                 (None, f"undefined: {reference.id} makes no error on these images")
             record("mce_corruption", value, model=model.id, dataset=clean.name, condition=cond, ci=ci, n=len(clean),
                    extra={"reference": reference.id, **({"ci_note": why} if why else {})})
