@@ -45,10 +45,10 @@ SAMPLES_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def save_samples(report_dir: Path, arrays: dict[str, np.ndarray]) -> str:
-    """Write per-sample arrays once per content; returns the path relative to ``report_dir``."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in sorted(arrays.items())})
-    data = buffer.getvalue()
+    """Write per-sample arrays once per content; returns the path relative to ``report_dir`` (this run's
+    staging folder). The name is a digest of the arrays, so the work is done once per content: a file
+    this run already wrote is kept, one the previous report in the folder above holds is linked, not
+    compressed again (a warm re-run records the same arrays)."""
     # Name by the arrays' content (not the zip bytes, which hold timestamps) so identical outputs share a file.
     digest = hashlib.sha256()
     for key, value in sorted(arrays.items()):
@@ -56,8 +56,18 @@ def save_samples(report_dir: Path, arrays: dict[str, np.ndarray]) -> str:
         digest.update(np.ascontiguousarray(value).tobytes())
     rel = f"samples/{digest.hexdigest()[:20]}.npz"
     path = Path(report_dir) / rel
-    if not path.exists():
-        atomic_write(path, lambda handle: handle.write(data))
+    if path.exists():
+        return rel
+    previous = Path(report_dir).parent / rel  # the report folder's current samples/, swapped out at the end
+    try:
+        os.link(previous, path)
+        return rel
+    except OSError:  # none there, or another process linked it first, or a file system without links
+        if path.exists():
+            return rel
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in sorted(arrays.items())})
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
     return rel
 
 

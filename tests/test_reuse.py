@@ -70,3 +70,28 @@ def test_world_depth_source_shares_the_render_memo(renders):
     ds.images()
     maps = world_depth_source(ds)(list(ds.item_ids))
     assert renders == [5] and len(maps) == 5 and maps[0].shape == (64, 64)
+
+
+def test_samples_are_written_once_per_content_and_linked_from_the_previous_report(tmp_path, monkeypatch):
+    """A warm re-run records the same arrays: they are linked from the report folder's samples/, not
+    compressed again; within one run, the same arrays are compressed once."""
+    import os
+
+    from plugins import report
+
+    arrays = {"logits": np.arange(12, dtype=np.float32).reshape(4, 3), "labels": np.arange(4)}
+    staging = tmp_path / "reports" / ".staging-1"
+    (staging / "samples").mkdir(parents=True)
+    compressed = []
+    original = np.savez_compressed
+    monkeypatch.setattr(report.np, "savez_compressed", lambda *a, **k: (compressed.append(1), original(*a, **k)))
+    rel = report.save_samples(staging, arrays)
+    assert report.save_samples(staging, dict(arrays)) == rel and len(compressed) == 1
+    (tmp_path / "reports" / "samples").mkdir()
+    os.replace(staging / rel, tmp_path / "reports" / rel)  # now the previous report's file
+    second = tmp_path / "reports" / ".staging-2"
+    (second / "samples").mkdir(parents=True)
+    assert report.save_samples(second, arrays) == rel and len(compressed) == 1
+    assert os.path.samefile(second / rel, tmp_path / "reports" / rel)
+    loaded = report.load_samples(second, rel)
+    np.testing.assert_array_equal(loaded["logits"], arrays["logits"])
