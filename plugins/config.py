@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fixtures.models import ModelSpec, ModelSpecError, parse_model_spec
+from clip_robustness.fixtures.models import ModelSpec, ModelSpecError, parse_model_spec
 
 DEFAULT_SEED = 0
+# The embedded zoo's gates, shipped with the package; a project's rules and --thresholds come after them.
+DEFAULT_THRESHOLDS = Path(__file__).with_name("default_thresholds.toml")
 PYPROJECT_KEYS = {"thresholds", "models", "templates", "strict", "lmms"}  # allowed keys of [tool.robustness]
 THRESHOLD_KEYS = {"property", "metric", "model", "dataset", "condition", "min", "max", "max_drop", "reason"}
 DATA_NAME = re.compile(r"^[A-Za-z0-9][\w.:+-]*$")
@@ -74,11 +76,11 @@ def parse_threshold(raw: Any, origin: str) -> Threshold:
 def _check_rule_names(prop: str, metric: str, origin: str) -> None:
     """A property or metric glob that names nothing known is a typo (the rule would never apply).
     The registry does not say which property records which metric; the end-of-run rule audit
-    (plugins.gates.audit) reports a metric that exists but is not recorded for the property."""
+    (clip_robustness.plugins.gates.audit) reports a metric that exists but is not recorded for the property."""
     import difflib
 
-    from plugins.metrics import METRICS
-    from plugins.robustness import PROPERTIES
+    from clip_robustness.plugins.metrics import METRICS
+    from clip_robustness.plugins.robustness import PROPERTIES
 
     for key, pattern, names in (("property", prop, PROPERTIES), ("metric", metric, METRICS)):
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
@@ -87,8 +89,9 @@ def _check_rule_names(prop: str, metric: str, origin: str) -> None:
             raise ConfigError(f"{origin}: {key} {pattern!r} matches no known {key}; {hint}")
 
 
-def load_thresholds_file(path: Path) -> list[Threshold]:
-    """A TOML or JSON file holding ``thresholds = [...]`` (TOML: ``[[thresholds]]`` tables)."""
+def load_thresholds_file(path: Path, origin: str | None = None) -> list[Threshold]:
+    """A TOML or JSON file holding ``thresholds = [...]`` (TOML: ``[[thresholds]]`` tables); ``origin``
+    names the rules' source in messages (default: the path)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--thresholds {path}: file not found")
@@ -102,7 +105,7 @@ def load_thresholds_file(path: Path) -> list[Threshold]:
     rows = data.get("thresholds") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ConfigError(f"--thresholds {path}: expected a top-level 'thresholds' list ([[thresholds]] tables in TOML)")
-    return [parse_threshold(row, f"{path}[{i}]") for i, row in enumerate(rows)]
+    return [parse_threshold(row, f"{origin or path}[{i}]") for i, row in enumerate(rows)]
 
 
 def load_pyproject(rootdir: Path) -> dict[str, Any]:
@@ -148,9 +151,9 @@ class RunConfig:
     templates: tuple[str, ...] = ("openai", "single")  # template sets for the prompt factor
     cache_dir: Path | None = None  # embedding cache location; None disables it
     baseline_models: dict[str, str] = field(default_factory=dict)  # run model id -> baseline model id
-    lmms: tuple[str, ...] = ()  # --lmm specs (fixtures.lmm.adapter); empty: the embedded LMMs on the run's models
+    lmms: tuple[str, ...] = ()  # --lmm specs (clip_robustness.fixtures.lmm.adapter); empty: the embedded LMMs on the run's models
     threads: int | None = None  # --threads N for torch's CPU pool; None: auto (choose_threads)
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (fixtures.models.resolve_precision); part of cache keys
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (clip_robustness.fixtures.models.resolve_precision); part of cache keys
     batch_size: int = 256  # images per forward call (results equal within SAMPLES_TOLERANCE on CPU fp32)
     shard: tuple[int, int] | None = None  # --shard I/N: this run measures shard I of N (select_shard)
 
@@ -168,7 +171,7 @@ class RunConfig:
 
 def default_model_specs() -> tuple[ModelSpec, ...]:
     """The embedded zoo, default model first."""
-    from fixtures import zoo
+    from clip_robustness.fixtures import zoo
 
     try:
         entries = sorted(zoo.list_models(), key=lambda e: (not e.default, e.name))
@@ -196,8 +199,8 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
     ids = [s.id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--model: the same model is given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
-    from fixtures.datasets import DatasetError
-    from fixtures.real_data import IMAGEFOLDER_PREFIX, check_data_layout, check_data_name, imagefolder_options
+    from clip_robustness.fixtures.datasets import DatasetError
+    from clip_robustness.fixtures.real_data import IMAGEFOLDER_PREFIX, check_data_layout, check_data_name, imagefolder_options
 
     data_map: dict[str, Path] = {}
     data_options: dict[str, dict[str, Path]] = {}
@@ -218,8 +221,9 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         except DatasetError as err:
             raise ConfigError(str(err)) from None
         data_map[name] = path
-    rules = [parse_threshold(r, f"pyproject.toml [tool.robustness] thresholds[{i}]")
-             for i, r in enumerate(project.get("thresholds", []))]
+    rules = load_thresholds_file(DEFAULT_THRESHOLDS, origin="the package defaults")
+    rules += [parse_threshold(r, f"pyproject.toml [tool.robustness] thresholds[{i}]")
+              for i, r in enumerate(project.get("thresholds", []))]
     if thresholds:
         rules += load_thresholds_file(Path(thresholds))
     base = None
@@ -239,7 +243,7 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
     if device.startswith("cuda"):
         _check_cuda(device)
-    from fixtures.pipeline import decode_workers
+    from clip_robustness.fixtures.pipeline import decode_workers
 
     try:
         decode_workers(device)  # a bad ROBUSTNESS_DECODE_WORKERS stops the run here, not at the first embedding
@@ -252,7 +256,7 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
                           "(auto: fp32 on cpu, autocast on cuda)")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be a positive number of images per forward call")
-    from fixtures.templates import check_templates
+    from clip_robustness.fixtures.templates import check_templates
 
     template_sets = tuple(templates or project.get("templates", []) or RunConfig.templates)
     for t in template_sets:
@@ -262,7 +266,7 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
             raise ConfigError(f"--templates: {err}") from None
     lmm_specs = tuple(lmms or project.get("lmms", []))
     if lmm_specs:
-        from fixtures.lmm.adapter import LMMError, parse_lmm_spec
+        from clip_robustness.fixtures.lmm.adapter import LMMError, parse_lmm_spec
 
         try:
             parsed = [parse_lmm_spec(x) for x in lmm_specs]

@@ -11,7 +11,7 @@ import re
 from fnmatch import fnmatchcase
 from typing import Any, Iterable
 
-from plugins.config import Threshold
+from clip_robustness.plugins.config import Threshold
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 

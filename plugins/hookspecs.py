@@ -8,11 +8,11 @@ import pytest
 
 @pytest.hookspec(firstresult=True)
 def pytest_robustness_threshold(config: pytest.Config, row: dict[str, Any]) -> Any:
-    """Return the :class:`plugins.config.Threshold` that gates ``row``, or None to use the defaults.
+    """Return the :class:`clip_robustness.plugins.config.Threshold` that gates ``row``, or None to use the defaults.
 
     Example (conftest.py): relax the OOD bound for one experimental model::
 
-        from plugins.config import Threshold
+        from clip_robustness.plugins.config import Threshold
 
         def pytest_robustness_threshold(config, row):
             if row["model"] == "embedded:rn-clip-small" and row["metric"] == "auroc":

@@ -10,7 +10,7 @@ first); the renderer draws at most ``MAX_FIGURES`` of them per property, so the 
 Per-sample files (``samples/*.npz``) are optional: a missing or unreadable file costs its figure,
 never the report, and the report says which file was missing.
 
-Metric direction and bounds come from :data:`plugins.metrics.METRICS` (the row's own
+Metric direction and bounds come from :data:`clip_robustness.plugins.metrics.METRICS` (the row's own
 ``higher_is_better`` only for metrics the registry does not know).
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from fixtures._io import atomic_write_text
-from fixtures.conditions import join_condition, parse_condition
-from fixtures.models import FACTOR_KEYS
-from plugins.gates import describe_cell
-from plugins import metrics as _metrics
-from plugins.metrics import METRICS, calibration_bins, softmax
+from clip_robustness.fixtures._io import atomic_write_text
+from clip_robustness.fixtures.conditions import join_condition, parse_condition
+from clip_robustness.fixtures.models import FACTOR_KEYS
+from clip_robustness.plugins.gates import describe_cell
+from clip_robustness.plugins import metrics as _metrics
+from clip_robustness.plugins.metrics import METRICS, calibration_bins, softmax
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 PROPERTY_ORDER = ("accuracy", "factor", "shape_bias", "calibration", "ood", "retrieval",
@@ -1438,7 +1438,7 @@ def failed_models(run: dict[str, Any]) -> dict[str, str]:
 
 
 def _rule_audit(run: dict[str, Any]) -> dict[str, Any]:
-    """``run["gates"]`` (plugins.gates.audit) for the run panel; empty for reports written before it."""
+    """``run["gates"]`` (clip_robustness.plugins.gates.audit) for the run panel; empty for reports written before it."""
     gates = run.get("gates") or {}
     rules = [{**r, "patterns": " · ".join(str(r.get(k, "*")) for k in ("property", "metric", "model", "dataset",
                                                                          "condition")),
@@ -1473,7 +1473,7 @@ def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | No
     store = SampleStore(report_dir)
     renderer = FigureRenderer()
     if cache_dir is not None:
-        from fixtures.cache import EmbeddingCache
+        from clip_robustness.fixtures.cache import EmbeddingCache
 
         renderer = FigureRenderer(EmbeddingCache(Path(cache_dir)), figure_inputs(rows, run, store))
     used: set[str] = set()

@@ -1,6 +1,6 @@
 """Merge the reports of sharded runs into one ``robustness.json`` (+ samples) and re-render the HTML.
 
-    python -m plugins.merge shard1/robustness.json shard2/robustness.json --out reports/
+    python -m clip_robustness.plugins.merge shard1/robustness.json shard2/robustness.json --out reports/
 
 Shards are runs of the same harness over different test ids (CI matrix jobs, machines, or
 ``pytest --model A`` and ``pytest --model B``). Rows are keyed by (property, model, dataset,
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fixtures._io import atomic_write_text
-from plugins.report import new_run_id, sort_rows
+from clip_robustness.fixtures._io import atomic_write_text
+from clip_robustness.plugins.report import new_run_id, sort_rows
 
 KEY = ("property", "model", "dataset", "condition", "metric")
 
@@ -92,7 +92,7 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     }
     merged = {"run": run, "results": sort_rows(list(rows.values()))}
     atomic_write_text(out_dir / "robustness.json", json.dumps(merged, indent=1) + "\n")
-    from plugins.html_report import write_html
+    from clip_robustness.plugins.html_report import write_html
 
     write_html(merged, out_dir / "robustness.html")
     return merged
@@ -135,7 +135,7 @@ def _copy_samples(src: Path, dst: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plugins.merge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clip_robustness.plugins.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=Path, help="robustness.json of each shard")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
     args = parser.parse_args(argv)

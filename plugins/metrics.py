@@ -247,13 +247,13 @@ def _l2_normalise(emb: np.ndarray, name: str, *, validate: bool) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Batched forms: a statistic over many bootstrap resamples at once (read by plugins.stats)
+# Batched forms: a statistic over many bootstrap resamples at once (read by clip_robustness.plugins.stats)
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class BatchedForm:
-    """How ``plugins.stats`` evaluates a statistic on B resamples in one vectorised pass.
+    """How ``clip_robustness.plugins.stats`` evaluates a statistic on B resamples in one vectorised pass.
 
     ``per_item(*arrays, **options)`` reduces the data once to per-item summaries (e.g. top-label
     confidence and correctness instead of the (N, C) probabilities), or returns None for inputs it

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from plugins import metrics as M
-from plugins.config import Threshold
-from plugins.gates import FAIL, INCONCLUSIVE, PASS, describe_cell
+from clip_robustness.plugins import metrics as M
+from clip_robustness.plugins.config import Threshold
+from clip_robustness.plugins.gates import FAIL, INCONCLUSIVE, PASS, describe_cell
 
 ROW_KEY_FIELDS = ("property", "dataset", "condition", "metric")
 
@@ -82,7 +82,7 @@ class Baseline:
         model = self.model_map.get(row["model"], row["model"])
         found = self.rows.get((model, *(row[k] for k in ROW_KEY_FIELDS)))
         if found is None and "head=linear" in row["condition"]:
-            from fixtures.conditions import condition, parse_condition
+            from clip_robustness.fixtures.conditions import condition, parse_condition
 
             parts = parse_condition(row["condition"])
             del parts["head"]
@@ -128,7 +128,7 @@ def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
 def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row: dict[str, Any],
             base_samples: dict[str, np.ndarray] | None, *, seed: int) -> dict[str, Any]:
     """Paired comparison of one cell: delta (candidate - baseline), its 95% CI and a one-sided p-value."""
-    from plugins.stats import mcnemar_test, paired_bootstrap_delta
+    from clip_robustness.plugins.stats import mcnemar_test, paired_bootstrap_delta
 
     higher = bool(row["higher_is_better"])
     out: dict[str, Any] = {"baseline_model": base_row["model"], "baseline_value": base_row["value"],

@@ -1,6 +1,6 @@
 """Re-render the HTML report from a robustness.json without re-running tests.
 
-    python -m plugins.render reports/robustness.json [--out reports/robustness.html]
+    python -m clip_robustness.plugins.render reports/robustness.json [--out reports/robustness.html]
 
 Per-sample files are read from the JSON's folder (``samples/*.npz`` beside it). Exit status 2 with a
 one-line message on stderr for a missing or invalid file.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plugins.render", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m clip_robustness.plugins.render", description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, help="a robustness.json written by the harness")
     parser.add_argument("--out", type=Path, default=None,
                         help="HTML file to write (default: robustness.html beside the JSON)")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as err:
         return fail(f"{args.json}: not valid JSON ({err})")
 
-    from plugins.html_report import validate_report, write_html  # matplotlib loads only for a valid input
+    from clip_robustness.plugins.html_report import validate_report, write_html  # matplotlib loads only for a valid input
 
     try:
         validate_report(report)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fixtures._io import atomic_write, atomic_write_text
-from plugins.config import RunConfig
+from clip_robustness.fixtures._io import atomic_write, atomic_write_text
+from clip_robustness.plugins.config import RunConfig
 
 ROW_KEY, MODEL_KEY, CACHE_KEY = "rb_row", "rb_model", "rb_cache"
 PROBLEM_KEY = "rb_problem"  # a failed load, errored or failed test, shipped like rows (see problem_of)
@@ -142,7 +142,7 @@ def problem_of(item: Any, call: Any, report: Any) -> dict[str, Any] | None:
     teardown) or a failure (call); None for gate failures, which the rows' verdicts already show."""
     import pytest
 
-    from fixtures.pytest_fixtures import load_failure
+    from clip_robustness.fixtures.pytest_fixtures import load_failure
 
     err = call.excinfo.value
     # pytest.fail(..., pytrace=False) carries its sentence in .msg; anything else reads as "Type: message"
@@ -212,7 +212,7 @@ class ReportSession:
         self._lock = lock
 
     def pytest_collection_finish(self, session: Any) -> None:
-        from plugins.robustness import collected_properties
+        from clip_robustness.plugins.robustness import collected_properties
 
         if collected_properties(session):
             self.start()
@@ -225,7 +225,7 @@ class ReportSession:
             self._signal = Path(tempfile.mkdtemp(prefix="rb-suite-")) / "collected"
         node.workerinput["rb_staging"] = str(self.staging)
         node.workerinput["rb_suite_signal"] = str(self._signal)
-        from plugins.robustness import THREADS
+        from clip_robustness.plugins.robustness import THREADS
 
         node.workerinput["rb_threads"] = list(self.pytest_config.stash[THREADS])  # one thread count per run
 
@@ -260,7 +260,7 @@ class ReportSession:
             "seed": self.config.seed,
             "versions": package_versions(),
             "device": device,
-            "threads": self._threads(),  # torch CPU threads per process (plugins.config.choose_threads)
+            "threads": self._threads(),  # torch CPU threads per process (clip_robustness.plugins.config.choose_threads)
             "platform": platform.platform(),
             "git_commit": git_commit(self.rootdir),
             "started_at": self.started_at,
@@ -272,13 +272,13 @@ class ReportSession:
         return {"run": run, "results": sort_rows(self.rows)}
 
     def _threads(self) -> int | None:
-        from plugins.robustness import THREADS
+        from clip_robustness.plugins.robustness import THREADS
 
         return self.pytest_config.stash[THREADS][0] if THREADS in self.pytest_config.stash else None
 
     def gate_audit(self) -> dict[str, Any]:
-        """Rule and baseline usage over the rows seen so far (plugins.gates.audit), computed once per row count."""
-        from plugins.gates import audit
+        """Rule and baseline usage over the rows seen so far (clip_robustness.plugins.gates.audit), computed once per row count."""
+        from clip_robustness.plugins.gates import audit
 
         if self._audit[0] != len(self.rows):
             baseline = None if self.config.baseline is None else str(self.config.baseline)
@@ -322,7 +322,7 @@ class ReportSession:
 
     def _write(self) -> None:
         """Render JSON, HTML and samples/ of this run in its staging folder, then swap them in."""
-        from plugins.html_report import write_html
+        from clip_robustness.plugins.html_report import write_html
 
         data = self.build()
         self.add_outcome(data["run"])

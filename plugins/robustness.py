@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from plugins.config import ConfigError, RunConfig, build_config
+from clip_robustness.plugins.config import ConfigError, RunConfig, build_config
 
 RB_CONFIG = pytest.StashKey[RunConfig]()
 GATE_FAILURES = pytest.StashKey[list]()
@@ -33,8 +33,20 @@ PROPERTIES = {
 }
 
 
+# Wherever the plugin runs (this repository or a team's), a user's measurement never fails on a library's
+# warning: the harness's own warnings are shown, known third-party deprecations are hidden. Appended after
+# the project's own filters, so they win for these categories; tests/conftest.py puts "error" before them.
+WARNING_FILTERS = (
+    "default::clip_robustness.plugins.gates.InconclusiveGateWarning",
+    "default::clip_robustness.fixtures.cache.CacheWarning",
+    "ignore::DeprecationWarning:torch.*",
+    "ignore::FutureWarning:open_clip.*",
+    "ignore::UserWarning:open_clip.*",
+)
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from plugins import hookspecs
+    from clip_robustness.plugins import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
 
@@ -72,7 +84,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "busy machine; an OMP_NUM_THREADS in the environment is used when this is auto)")
     group.addoption("--shard", dest="rb_shard", default=None, metavar="I/N",
                     help="run shard I of N of the selected tests (one CI job per I; a model's tests stay together "
-                         "where the count allows), then join the reports with python -m plugins.merge")
+                         "where the count allows), then join the reports with python -m clip_robustness.plugins.merge")
     # pytest owns `--strict` (its strict mode, which this project's ini enables anyway); the gate reads it
     # too, and `--rb-strict` sets the gate's strictness alone.
     group.addoption("--rb-strict", dest="rb_strict", action="store_true",
@@ -90,6 +102,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in PROPERTIES.items():
         config.addinivalue_line("markers", f"{name}: robustness property - {help_text}")
+    for line in WARNING_FILTERS:
+        config.addinivalue_line("filterwarnings", line)
     try:
         rb = build_config(
             models=config.getoption("rb_models"), data=config.getoption("rb_data"),
@@ -104,15 +118,15 @@ def pytest_configure(config: pytest.Config) -> None:
         )
         config.stash[THREADS] = run_threads(config, rb)
         if not hasattr(config, "workerinput"):  # check names once, on the controller
-            from fixtures.models import check_model_spec
+            from clip_robustness.fixtures.models import check_model_spec
 
             for spec in rb.models:
                 check_model_spec(spec)
-            from fixtures.lmm.adapter import check_lmm_spec, parse_lmm_spec
+            from clip_robustness.fixtures.lmm.adapter import check_lmm_spec, parse_lmm_spec
 
             for lmm in rb.lmms:
                 check_lmm_spec(parse_lmm_spec(lmm))
-            from plugins.report import check_report_dir, resolve_report_dir
+            from clip_robustness.plugins.report import check_report_dir, resolve_report_dir
 
             check_report_dir(resolve_report_dir(rb, config.rootpath))
     except (ConfigError, ValueError, KeyError, OSError) as err:
@@ -121,25 +135,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RB_CONFIG] = rb
     # The fixtures live in fixtures/ (with the rest of what tests consume); registering the module
     # here keeps conftest.py to one plugin name.
-    from fixtures import pytest_fixtures
+    from clip_robustness.fixtures import pytest_fixtures
 
     if not config.pluginmanager.is_registered(pytest_fixtures):
         config.pluginmanager.register(pytest_fixtures, "robustness-fixtures")
     if not hasattr(config, "workerinput"):  # the report is assembled on the controller only
-        from plugins.report import ReportSession
+        from clip_robustness.plugins.report import ReportSession
 
         config.pluginmanager.register(ReportSession(rb, config.rootpath, config), "robustness-report")
 
 
 def run_threads(config: pytest.Config, rb: RunConfig) -> tuple[int, str]:
     """The run's torch thread count: chosen on the controller (before workers add load) and handed to
-    xdist workers (plugins.report.ReportSession.pytest_configure_node), so one run has one count."""
+    xdist workers (clip_robustness.plugins.report.ReportSession.pytest_configure_node), so one run has one count."""
     import os
 
     handed = getattr(config, "workerinput", {}).get("rb_threads")
     if handed is not None:
         return tuple(handed)
-    from plugins.config import choose_threads
+    from clip_robustness.plugins.config import choose_threads
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -167,7 +181,7 @@ def _cache_dir(config: pytest.Config) -> Path | None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from plugins.gates import rule_sources
+    from clip_robustness.plugins.gates import rule_sources
 
     rb = config.stash[RB_CONFIG]
     lines = [
@@ -181,7 +195,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         "robustness: data: " + (", ".join(f"{k}={v}" for k, v in rb.data.items()) or "embedded world"),
     ] + ([f"robustness: lmm: {', '.join(rb.lmms)}"] if rb.lmms else [])
     if rb.baseline is not None:
-        from plugins.config import models_without_baseline
+        from clip_robustness.plugins.config import models_without_baseline
 
         lacking, known = models_without_baseline(rb.models, rb.baseline_models, rb.baseline)
         if lacking:  # some models only (none at all is a usage error at start)
@@ -207,7 +221,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         params = [pytest.param(spec.id, id=spec.id, marks=pytest.mark.xdist_group(spec.id)) for spec in rb.models]
         metafunc.parametrize("clip", params, indirect=True, scope="session")
     if "lmm" in metafunc.fixturenames:
-        from fixtures.lmm.adapter import run_lmms
+        from clip_robustness.fixtures.lmm.adapter import run_lmms
 
         rb = metafunc.config.stash[RB_CONFIG]
         pairs = run_lmms(rb.lmms, [m.id for m in rb.models])
@@ -226,7 +240,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: one robustness property per test, found {sorted(set(marks))}")
     shard = config.stash[RB_CONFIG].shard
     if shard is not None:
-        from plugins.merge import shard_positions
+        from clip_robustness.plugins.merge import shard_positions
 
         group = [item.get_closest_marker("xdist_group") for item in items]
         keys = [(str(g.args[0] if g.args else g.kwargs.get("name", "")) if g else "", item.nodeid)
@@ -248,7 +262,7 @@ def collected_properties(session: pytest.Session) -> bool:
 def pytest_collection_finish(session: pytest.Session) -> None:
     signal = getattr(session.config, "workerinput", {}).get("rb_suite_signal")
     if signal and collected_properties(session):
-        Path(signal).touch()  # the controller claims the report folder (plugins.report.ReportSession.start)
+        Path(signal).touch()  # the controller claims the report folder (clip_robustness.plugins.report.ReportSession.start)
 
 
 def property_of(item: pytest.Item) -> str:
@@ -265,7 +279,7 @@ def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any],
              comparison: dict[str, Any] | None = None) -> None:
     """Attach the bound (and, with a baseline, regression) verdicts to ``row``; failures are raised
     at the end of the test so every metric of the test is recorded first."""
-    from plugins.gates import FAIL, INCONCLUSIVE, InconclusiveGateWarning, bound_verdict, select_threshold
+    from clip_robustness.plugins.gates import FAIL, INCONCLUSIVE, InconclusiveGateWarning, bound_verdict, select_threshold
 
     rb = config.stash[RB_CONFIG]
     gates = []
@@ -276,7 +290,7 @@ def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any],
         row["extra"]["comparison"] = comparison
         drop_rule = select_threshold(rb.thresholds, row, kind="regression")
         if drop_rule is not None:
-            from plugins.regression import regression_verdict
+            from clip_robustness.plugins.regression import regression_verdict
 
             gates.append(regression_verdict(row, comparison, drop_rule))
     if not gates:
@@ -293,21 +307,21 @@ def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any],
 
 
 def ship_row(item: pytest.Item, row: dict[str, Any]) -> None:
-    from plugins.report import ROW_KEY
+    from clip_robustness.plugins.report import ROW_KEY
 
     item.user_properties.append((ROW_KEY, json.dumps(row, allow_nan=True)))
 
 
 def ship_model(item: pytest.Item, model_id: str, info: dict[str, Any]) -> None:
-    from plugins.report import MODEL_KEY
+    from clip_robustness.plugins.report import MODEL_KEY
 
     item.user_properties.append((MODEL_KEY, json.dumps({"id": model_id, "info": info})))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    from fixtures.datasets import DatasetError
-    from fixtures.models import NonFiniteError
+    from clip_robustness.fixtures.datasets import DatasetError
+    from clip_robustness.fixtures.models import NonFiniteError
 
     try:
         result = yield
@@ -325,7 +339,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    from fixtures.pytest_fixtures import process_cache
+    from clip_robustness.fixtures.pytest_fixtures import process_cache
 
     cache = process_cache(item.config)
     item.stash[CACHE_SNAPSHOT] = (cache.hits, cache.misses)
@@ -335,14 +349,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report = yield
     if report.failed and call.excinfo is not None:  # shipped to the controller's report (-n too)
-        from plugins.report import PROBLEM_KEY, problem_of
+        from clip_robustness.plugins.report import PROBLEM_KEY, problem_of
 
         problem = problem_of(item, call, report)
         if problem is not None:
             report.user_properties.append((PROBLEM_KEY, json.dumps(problem)))
     if call.when == "teardown" and CACHE_SNAPSHOT in item.stash:
-        from fixtures.pytest_fixtures import process_cache
-        from plugins.report import CACHE_KEY
+        from clip_robustness.fixtures.pytest_fixtures import process_cache
+        from clip_robustness.plugins.report import CACHE_KEY
 
         cache = process_cache(item.config)
         hits0, misses0 = item.stash[CACHE_SNAPSHOT]

@@ -14,16 +14,16 @@ All resampling goes through ``scipy.stats.bootstrap`` over *item indices*: scipy
 samples along one axis, while metrics take 2-D arrays and several arrays at once; resampling the
 index vector and indexing every array with it gives joint row resampling for any statistic, with
 scipy's interval methods (percentile, basic, BCa) and its batching. A statistic with a batched form
-(:func:`plugins.metrics.batched_form`: means, ECE/MCE/adaptive ECE, NLL, Brier, AUROC, FPR@TPR, AUPR)
+(:func:`clip_robustness.plugins.metrics.batched_form`: means, ECE/MCE/adaptive ECE, NLL, Brier, AUROC, FPR@TPR, AUPR)
 is evaluated on a whole (B, k) matrix of resampled indices at once (``vectorized=True``) from per-item
 summaries; any other runs once per resample (``vectorized=False``). scipy draws the same indices in
 both modes, so the two give the same interval up to floating-point summation order.
 Undefined statistics give ``(nan, nan)`` with an
-:class:`~plugins.metrics.UndefinedMetricWarning`, never an exception.
+:class:`~clip_robustness.plugins.metrics.UndefinedMetricWarning`, never an exception.
 
 Statistics without a batched form run once per resample, so pass them with ``validate=False`` after
 validating the inputs once, e.g. ``functools.partial(expected_calibration_error, validate=False)``.
-:func:`ci_cache_parts` names an interval for an on-disk cache (``fixtures.cache``).
+:func:`ci_cache_parts` names an interval for an on-disk cache (``clip_robustness.fixtures.cache``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from plugins.metrics import UndefinedMetricWarning, batched_form
+from clip_robustness.plugins.metrics import UndefinedMetricWarning, batched_form
 
 __all__ = [
     "bootstrap_ci",
@@ -192,7 +192,7 @@ def bootstrap_ci_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float]
     keeping its own size -- the right scheme for AUROC, FPR95 and AUPR, whose value depends on
     the ID/OOD proportions. Options as in :func:`bootstrap_ci`.
 
-    >>> from plugins.metrics import ood_auroc_score
+    >>> from clip_robustness.plugins.metrics import ood_auroc_score
     >>> rng = np.random.default_rng(0)
     >>> lo, hi = bootstrap_ci_two_sample(ood_auroc_score, rng.normal(1, 1, 300),
     ...                                  rng.normal(0, 1, 200), n_resamples=300)
@@ -363,7 +363,7 @@ def seed_for(global_seed: int, key: str) -> int:
     return (int(global_seed) + zlib.crc32(key.encode("utf-8"))) % 2**32
 
 
-# Bump when a change here or in plugins.metrics changes an interval without changing these files' text
+# Bump when a change here or in clip_robustness.plugins.metrics changes an interval without changing these files' text
 # (their sources are part of the key anyway).
 CI_CACHE_VERSION = 1
 _STABLE_OPTION = (bool, int, float, str, type(None))
@@ -412,17 +412,17 @@ def _arrays_digest(arrays: Sequence[Any]) -> str | None:
 def ci_cache_parts(statistic: Callable[..., Any], arrays: Sequence[Any], *, two_sample: bool, seed: int,
                    n_resamples: int = 1000, confidence: float = 0.95,
                    method: Method = "percentile") -> dict[str, Any] | None:
-    """What determines a bootstrap interval, for an on-disk cache key (``fixtures.cache.cache_key``): a
+    """What determines a bootstrap interval, for an on-disk cache key (``clip_robustness.fixtures.cache.cache_key``): a
     digest of the sample arrays, the statistic's name and options, the resampling settings, and the
     sources and versions of the code that computes it. None when the statistic has no stable name (a
     lambda or a closure): such an interval is recomputed every run.
 
-    >>> from plugins.metrics import expected_calibration_error
+    >>> from clip_robustness.plugins.metrics import expected_calibration_error
     >>> ece = partial(expected_calibration_error, n_bins=15, validate=False)
     >>> probs, labels = np.full((4, 2), 0.5), np.array([0, 0, 1, 1])
     >>> parts = ci_cache_parts(ece, (probs, labels), two_sample=False, seed=1)
     >>> parts["statistic"]
-    "plugins.metrics.expected_calibration_error()[('n_bins', 15), ('validate', False)]"
+    "clip_robustness.plugins.metrics.expected_calibration_error()[('n_bins', 15), ('validate', False)]"
     >>> ci_cache_parts(ece, (probs, labels[::-1]), two_sample=False, seed=1) == parts
     False
     >>> ci_cache_parts(lambda p, y: 0.0, (probs, labels), two_sample=False, seed=1) is None
@@ -438,5 +438,5 @@ def ci_cache_parts(statistic: Callable[..., Any], arrays: Sequence[Any], *, two_
     return {"kind": "bootstrap_ci", "ci_cache_version": CI_CACHE_VERSION, "statistic": identity,
             "samples": samples, "two_sample": bool(two_sample), "seed": int(seed),
             "n_resamples": int(n_resamples), "confidence": float(confidence), "method": method,
-            "sources": [_source_digest(m) for m in ("plugins.stats", "plugins.metrics", func.__module__)],
+            "sources": [_source_digest(m) for m in ("clip_robustness.plugins.stats", "clip_robustness.plugins.metrics", func.__module__)],
             "versions": [np.__version__, scipy.__version__]}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.datasets import WORLD_SHIFT_SPLITS
-from fixtures.embed import classifier_logits, head_choices
-from fixtures.real_data import (CLASSIFICATION_SETS, IMAGEFOLDER_PREFIX, classes_present, load_real_set,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.datasets import WORLD_SHIFT_SPLITS
+from clip_robustness.fixtures.embed import classifier_logits, head_choices
+from clip_robustness.fixtures.real_data import (CLASSIFICATION_SETS, IMAGEFOLDER_PREFIX, classes_present, load_real_set,
                                  parametrize_real_sets, real_templates)
 
 pytestmark = pytest.mark.accuracy

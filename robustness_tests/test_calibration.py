@@ -10,12 +10,12 @@ from functools import partial
 
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.datasets import WORLD_SHIFT_SPLITS
-from fixtures.embed import classifier_logits, head_choices
-from fixtures.real_data import (IMAGEFOLDER_PREFIX, SHIFT_SETS, calibration_split, load_real_set,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.datasets import WORLD_SHIFT_SPLITS
+from clip_robustness.fixtures.embed import classifier_logits, head_choices
+from clip_robustness.fixtures.real_data import (IMAGEFOLDER_PREFIX, SHIFT_SETS, calibration_split, load_real_set,
                                  parametrize_real_sets, real_templates)
-from plugins.metrics import (TEMPERATURE_BOUNDS, adaptive_calibration_error, brier_score, expected_calibration_error,
+from clip_robustness.plugins.metrics import (TEMPERATURE_BOUNDS, adaptive_calibration_error, brier_score, expected_calibration_error,
                              fit_temperature, max_calibration_error, negative_log_likelihood, softmax,
                              temperature_at_bound)
 

@@ -23,12 +23,12 @@ import warnings
 import numpy as np
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.corruptions2d import (ALL_FAMILIES, FAMILIES, SEVERITIES, Cell, cell_logits, corruption_condition,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.corruptions2d import (ALL_FAMILIES, FAMILIES, SEVERITIES, Cell, cell_logits, corruption_condition,
                                     corruption_folder_cells, interval_or_none, record_corruption_grid)
-from fixtures.embed import head_choices
-from fixtures.real_data import IMAGEFOLDER_PREFIX, load_real_set, parametrize_real_sets, real_templates
-from plugins.metrics import UndefinedMetricWarning, mean_corruption_error
+from clip_robustness.fixtures.embed import head_choices
+from clip_robustness.fixtures.real_data import IMAGEFOLDER_PREFIX, load_real_set, parametrize_real_sets, real_templates
+from clip_robustness.plugins.metrics import UndefinedMetricWarning, mean_corruption_error
 
 pytestmark = pytest.mark.corruption2d
 

@@ -1,6 +1,6 @@
 """3D corruption tolerance: zero-shot top-1 under depth-aware corruptions (3D Common Corruptions).
 
-Families (``fixtures.corruptions3d``): near focus, far focus, fog 3D, flash, xy- and z-motion blur
+Families (``clip_robustness.fixtures.corruptions3d``): near focus, far focus, fog 3D, flash, xy- and z-motion blur
 computed from the world's depth maps, plus low light, ISO noise, colour quantisation and
 compression; 5 severities each. Rows as in the 2D property: ``top1`` per (corruption, severity),
 ``relative_top1`` to clean, the clean row and the means (``corruption=mean``). The study's
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.corruptions2d import SEVERITIES, Cell, corruption_folder_cells, record_corruption_grid
-from fixtures.corruptions3d import FAMILIES_3D, corruption3d_condition, folder_depth_source, world_depth_source
-from fixtures.embed import head_choices
-from fixtures.real_data import load_real_set, parametrize_real_sets
-from fixtures.world import FOV_DEG
+from clip_robustness.fixtures.corruptions2d import SEVERITIES, Cell, corruption_folder_cells, record_corruption_grid
+from clip_robustness.fixtures.corruptions3d import FAMILIES_3D, corruption3d_condition, folder_depth_source, world_depth_source
+from clip_robustness.fixtures.embed import head_choices
+from clip_robustness.fixtures.real_data import load_real_set, parametrize_real_sets
+from clip_robustness.fixtures.world import FOV_DEG
 
 pytestmark = pytest.mark.corruption3d
 

@@ -1,7 +1,7 @@
 """Visual-factor invariance: which single factors (pose, viewpoint, background, pattern, colour, size,
 partial view, lighting, occlusion, multiple objects, style) change the model's decision?
 
-On the world the factors are exact interventions (``fixtures.factors``): canonical test scenes and,
+On the world the factors are exact interventions (``clip_robustness.fixtures.factors``): canonical test scenes and,
 per factor value, the same scenes with only that factor changed. Per (factor, value):
 ``top1`` (the issue's "accuracy": the registry's name for top-1 accuracy, Wilson CI),
 ``consistency`` (prediction equal to the canonical render's prediction, over all scenes, Wilson CI)
@@ -15,7 +15,7 @@ resamples scenes jointly for every model and refits the line each time.
 
 Counterexamples (with the run's first head): for the first correctly classified canonical scenes,
 hypothesis searches each factor (and all factors at once, ``factor=combined``) for a change that
-flips the prediction and shrinks it to a minimal change (``fixtures.counterexamples``);
+flips the prediction and shrinks it to a minimal change (``clip_robustness.fixtures.counterexamples``);
 ``flip_rate`` is the fraction of searched scenes with a counterexample (within the search budget),
 whose images and predictions go to the row's samples.
 
@@ -31,15 +31,15 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from fixtures import imagenet_x
-from fixtures.conditions import condition
-from fixtures.counterexamples import MAX_EXAMPLES, model_predictor, search_counterexample, single_thread
-from fixtures.datasets import DatasetError, render_specs
-from fixtures.embed import classifier_logits, head_choices
-from fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, factor_effective_robustness,
+from clip_robustness.fixtures import imagenet_x
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.counterexamples import MAX_EXAMPLES, model_predictor, search_counterexample, single_thread
+from clip_robustness.fixtures.datasets import DatasetError, render_specs
+from clip_robustness.fixtures.embed import classifier_logits, head_choices
+from clip_robustness.fixtures.factors import (DATASET, FACTOR_NAMES, N_CANONICAL, FactorSuite, factor_effective_robustness,
                               factor_suite)
-from fixtures.real_data import load_real_set, parametrize_real_sets
-from plugins.metrics import UndefinedMetricWarning, error_ratio
+from clip_robustness.fixtures.real_data import load_real_set, parametrize_real_sets
+from clip_robustness.plugins.metrics import UndefinedMetricWarning, error_ratio
 
 pytestmark = pytest.mark.factor
 
@@ -117,7 +117,7 @@ def _record_effective_robustness(record, models, heads: list[str], id_correct: n
                                  factor_items: dict[str, tuple[np.ndarray, np.ndarray]], *, dataset: str,
                                  id_name: str, seed: int) -> None:
     """One row per (model, factor); ``factor_items[f] = (correct (N, M), weights (N,))``, see
-    ``fixtures.factors.factor_effective_robustness``."""
+    ``clip_robustness.fixtures.factors.factor_effective_robustness``."""
     for factor, (fac, weights) in factor_items.items():
         with undefined_cis_warn():
             res = factor_effective_robustness(id_correct, fac, weights, seed=seed)

@@ -1,6 +1,6 @@
 """LMM interaction: does a LLaVA-style LMM built on the CLIP's vision tower classify better than the
 CLIP alone, on the two options the CLIP itself finds hardest? (ImageNet-D protocol, see
-``fixtures.lmm.protocol``.)
+``clip_robustness.fixtures.lmm.protocol``.)
 
 Rows belong to the tower's CLIP (``model``), with ``lmm=<LMM id>`` in the condition:
 ``clip_two_way_accuracy`` (the CLIP on the same two options; equals its top-1 by the distractor
@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.datasets import WORLD_SHIFT_SPLITS, ImageDataset
-from fixtures.embed import classifier_logits
-from fixtures.lmm.protocol import run_protocol
-from fixtures.real_data import parametrize_real_sets
-from plugins.stats import seed_for
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.datasets import WORLD_SHIFT_SPLITS, ImageDataset
+from clip_robustness.fixtures.embed import classifier_logits
+from clip_robustness.fixtures.lmm.protocol import run_protocol
+from clip_robustness.fixtures.real_data import parametrize_real_sets
+from clip_robustness.plugins.stats import seed_for
 
 pytestmark = pytest.mark.lmm
 
@@ -81,7 +81,7 @@ def test_lmm_world(lmm, world, cache, record, rb_config, split):
 
 
 def test_lmm_real(lmm, cache, record, rb_config, real_set):
-    from fixtures.imagenet_d import imagenet_d_splits
+    from clip_robustness.fixtures.imagenet_d import imagenet_d_splits
 
     for dataset in imagenet_d_splits(rb_config.data[real_set]).values():
         record_lmm(lmm, dataset.spread_head(rb_config.limit), cache, record, rb_config)

@@ -6,8 +6,8 @@ same world, known geometry). Views are binned by the 3D angle between the viewin
 NAVI-style: 0-30, 30-60, 60-90, 90-120 degrees.
 
 * ``correspondence_recall``: up to 100 ground-truth correspondences of the main object per view
-  pair (``fixtures.world.correspondences``, visible in both views) are matched by nearest
-  neighbour in the tower's dense features (``fixtures.dense``: ViT last-block patch tokens,
+  pair (``clip_robustness.fixtures.world.correspondences``, visible in both views) are matched by nearest
+  neighbour in the tower's dense features (``clip_robustness.fixtures.dense``: ViT last-block patch tokens,
   ResNet ``layer4``), sampled bilinearly at the source pixel and compared by cosine with every
   main-object pixel of the target view; recall at 2, 4 and 8 px (of a 64 px image; NAVI's
   5/25/50 px are for ~500 px images), one row per threshold and angle bin (condition
@@ -28,13 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.datasets import ImageDataset
-from fixtures.dense import chance_recall, dense_features, match_points, object_pixels, view_angle_deg
-from fixtures.embed import classifier_logits, head_choices
-from fixtures.world import SceneSpec, correspondences, render_views
-from plugins.metrics import correspondence_recall
-from plugins.stats import bootstrap_ci
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.datasets import ImageDataset
+from clip_robustness.fixtures.dense import chance_recall, dense_features, match_points, object_pixels, view_angle_deg
+from clip_robustness.fixtures.embed import classifier_logits, head_choices
+from clip_robustness.fixtures.world import SceneSpec, correspondences, render_views
+from clip_robustness.plugins.metrics import correspondence_recall
+from clip_robustness.plugins.stats import bootstrap_ci
 
 pytestmark = pytest.mark.multiview
 

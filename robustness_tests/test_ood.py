@@ -12,11 +12,11 @@ from functools import partial
 import numpy as np
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.embed import class_head, head_choices, image_embeddings
-from fixtures.real_data import (IMAGEFOLDER_PREFIX, OOD_PREFIX, load_real_set, ood_dataset, parametrize_real_sets,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.embed import class_head, head_choices, image_embeddings
+from clip_robustness.fixtures.real_data import (IMAGEFOLDER_PREFIX, OOD_PREFIX, load_real_set, ood_dataset, parametrize_real_sets,
                                  real_templates)
-from plugins.metrics import (aupr_in_score, aupr_out_score, energy_score, fpr_at_tpr, max_logit_score, mcm_score,
+from clip_robustness.plugins.metrics import (aupr_in_score, aupr_out_score, energy_score, fpr_at_tpr, max_logit_score, mcm_score,
                              msp_score, ood_auroc_score)
 
 pytestmark = pytest.mark.ood

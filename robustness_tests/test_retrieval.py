@@ -1,6 +1,6 @@
 """Image-text retrieval (bridging the modalities): Recall@1/5/10 in both directions, and the modality gap.
 
-On world captions (``fixtures.retrieval_data``: 5 captions per image, the canonical caption plus 4
+On world captions (``clip_robustness.fixtures.retrieval_data``: 5 captions per image, the canonical caption plus 4
 sampled training-style captions) and on COCO / Flickr30k (``--data coco=PATH`` /
 ``--data flickr30k=PATH``: images plus Karpathy's split JSON, 5k / 1k test images):
 
@@ -20,15 +20,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.corruptions2d import corruption_condition
-from fixtures.corruptions3d import corruption3d_condition, world_depth_source
-from fixtures.embed import image_embeddings, text_embeddings
-from fixtures.real_data import parametrize_real_sets
-from fixtures.retrieval_data import (KARPATHY_SETS, PERTURBATIONS, CaptionSet, karpathy_caption_set,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.corruptions2d import corruption_condition
+from clip_robustness.fixtures.corruptions3d import corruption3d_condition, world_depth_source
+from clip_robustness.fixtures.embed import image_embeddings, text_embeddings
+from clip_robustness.fixtures.real_data import parametrize_real_sets
+from clip_robustness.fixtures.retrieval_data import (KARPATHY_SETS, PERTURBATIONS, CaptionSet, karpathy_caption_set,
                                      retrieval_hits, world_caption_set)
-from fixtures.world import FOV_DEG
-from plugins.metrics import BATCHED, BatchedForm, modality_gap
+from clip_robustness.fixtures.world import FOV_DEG
+from clip_robustness.plugins.metrics import BATCHED, BatchedForm, modality_gap
 
 pytestmark = pytest.mark.retrieval
 

@@ -2,7 +2,7 @@
 decide by shape or by texture?
 
 ``shape_bias = shape decisions / (shape + texture decisions)`` (model-vs-human's ``ShapeBias``, as
-``plugins.metrics.shape_bias_score``): items whose shape class equals their texture class are left
+``clip_robustness.plugins.metrics.shape_bias_score``): items whose shape class equals their texture class are left
 out, predictions matching neither class are ignored by the bias and only lower the two fractions.
 Recorded overall and per shape class (``class=NAME``), per classifier head, each with a Wilson CI:
 ``shape_bias`` over the decided items (``n`` = shape + texture decisions), ``shape_fraction`` and
@@ -17,12 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.conditions import condition
-from fixtures.cue_conflict import (DECISION_16_WAY, DECISION_WORLD, cue_conflict_dataset, shape_bias_cells,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.cue_conflict import (DECISION_16_WAY, DECISION_WORLD, cue_conflict_dataset, shape_bias_cells,
                                    texture_labels)
-from fixtures.datasets import ImageDataset
-from fixtures.embed import classifier_logits, head_choices
-from fixtures.real_data import parametrize_real_sets
+from clip_robustness.fixtures.datasets import ImageDataset
+from clip_robustness.fixtures.embed import classifier_logits, head_choices
+from clip_robustness.fixtures.real_data import parametrize_real_sets
 
 pytestmark = pytest.mark.shape_bias
 

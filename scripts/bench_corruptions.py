@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 def world_images(n: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     from PIL import Image
 
-    from fixtures.corruptions3d import world_depth_source
-    from fixtures.datasets import world_dataset
+    from clip_robustness.fixtures.corruptions3d import world_depth_source
+    from clip_robustness.fixtures.datasets import world_dataset
 
     ds = world_dataset("test", n=n)
     images, depths = ds.images(), world_depth_source(ds)(ds.item_ids)
@@ -36,9 +36,9 @@ def world_images(n: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fixtures.corruptions2d import ALL_FAMILIES, corrupt
-    from fixtures.corruptions3d import FAMILIES_3D, corrupt3d
-    from fixtures.world import FOV_DEG
+    from clip_robustness.fixtures.corruptions2d import ALL_FAMILIES, corrupt
+    from clip_robustness.fixtures.corruptions3d import FAMILIES_3D, corrupt3d
+    from clip_robustness.fixtures.world import FOV_DEG
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64, the world's)")

@@ -3,8 +3,8 @@
     python scripts/bench_decode.py                               # 1,000 generated JPEGs, ViT-B-32:random
     python scripts/bench_decode.py --folder DIR --arch ViT-B-32:random --n 1000
 
-The harness rate is ``fixtures.embed.image_embeddings`` on the folder with the disk cache off: file
-digests (item ids), decoding, preprocessing (in ``fixtures.pipeline``'s worker threads) and the forward.
+The harness rate is ``clip_robustness.fixtures.embed.image_embeddings`` on the folder with the disk cache off: file
+digests (item ids), decoding, preprocessing (in ``clip_robustness.fixtures.pipeline``'s worker threads) and the forward.
 The bare rate is ``model.encode_image`` alone on the same batches, decoded and preprocessed beforehand
 (untimed) with open_clip's transform on the calling thread. Both embeddings must be equal bitwise (same
 pixels, same batches). The two alternate chunk by chunk (ABBA), so a changing machine load hits both alike;
@@ -52,11 +52,11 @@ def measure_decode(folder: Path, arch: str = "ViT-B-32:random", n: int = 1000, *
     import torch
     from PIL import Image
 
-    from fixtures.cache import EmbeddingCache
-    from fixtures.datasets import image_folder
-    from fixtures.embed import CHUNK, image_embeddings
-    from fixtures.models import load_model, parse_model_spec
-    from fixtures.pipeline import decode_workers
+    from clip_robustness.fixtures.cache import EmbeddingCache
+    from clip_robustness.fixtures.datasets import image_folder
+    from clip_robustness.fixtures.embed import CHUNK, image_embeddings
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.pipeline import decode_workers
 
     model = load_model(parse_model_spec(arch))
     dataset = image_folder("bench", Path(folder)).head(n)

@@ -38,16 +38,16 @@ FLOOR_BATCH = 256
 
 # bucket -> functions (module, "name" or "Class.method") timed; absent ones (older trees) are skipped
 BUCKETS: dict[str, list[tuple[str, str]]] = {
-    "forward": [("fixtures.models", "LoadedModel.encode_items"), ("fixtures.models", "LoadedModel.encode_images"),
-                ("fixtures.models", "LoadedModel.encode_texts")],
-    "render": [("fixtures.datasets", "render_specs"), ("fixtures.world.renderer", "render"),
-               ("fixtures.world.renderer", "render_batch"), ("fixtures.world.renderer", "render_views")],
-    "corruption": [("fixtures.corruptions2d", "CorruptionTransform.__call__"), ("fixtures.corruptions2d", "corrupt"),
-                   ("fixtures.corruptions3d", "Corruption3DTransform.__call__"), ("fixtures.corruptions3d", "corrupt3d")],
-    "bootstrap": [("fixtures.pytest_fixtures", "_cached_interval"), ("plugins.stats", "bootstrap_ci"),
-                  ("plugins.stats", "bootstrap_ci_two_sample"), ("plugins.stats", "paired_bootstrap_delta")],
-    "lmm": [("fixtures.lmm.protocol", "run_protocol")],
-    "html": [("plugins.html_report", "write_html")],
+    "forward": [("clip_robustness.fixtures.models", "LoadedModel.encode_items"), ("clip_robustness.fixtures.models", "LoadedModel.encode_images"),
+                ("clip_robustness.fixtures.models", "LoadedModel.encode_texts")],
+    "render": [("clip_robustness.fixtures.datasets", "render_specs"), ("clip_robustness.fixtures.world.renderer", "render"),
+               ("clip_robustness.fixtures.world.renderer", "render_batch"), ("clip_robustness.fixtures.world.renderer", "render_views")],
+    "corruption": [("clip_robustness.fixtures.corruptions2d", "CorruptionTransform.__call__"), ("clip_robustness.fixtures.corruptions2d", "corrupt"),
+                   ("clip_robustness.fixtures.corruptions3d", "Corruption3DTransform.__call__"), ("clip_robustness.fixtures.corruptions3d", "corrupt3d")],
+    "bootstrap": [("clip_robustness.fixtures.pytest_fixtures", "_cached_interval"), ("clip_robustness.plugins.stats", "bootstrap_ci"),
+                  ("clip_robustness.plugins.stats", "bootstrap_ci_two_sample"), ("clip_robustness.plugins.stats", "paired_bootstrap_delta")],
+    "lmm": [("clip_robustness.fixtures.lmm.protocol", "run_protocol")],
+    "html": [("clip_robustness.plugins.html_report", "write_html")],
 }
 _totals: dict[str, dict[str, float]] = {b: {"seconds": 0.0, "worker_seconds": 0.0, "calls": 0} for b in BUCKETS}
 _probe: dict = {"first_test_at": None, "overhead_s": 0.0, "images": {}}
@@ -115,7 +115,7 @@ def _count_images(fn):
 
 def install(buckets: dict[str, list[tuple[str, str]]] = BUCKETS) -> None:
     """Wrap every target on its module or class, and rebind it in every loaded module that imported it by
-    name (``from fixtures.datasets import render_specs``), so each call site goes through the timer."""
+    name (``from clip_robustness.fixtures.datasets import render_specs``), so each call site goes through the timer."""
     for bucket, targets in buckets.items():
         for module_name, attr in targets:
             try:
@@ -140,7 +140,7 @@ def install(buckets: dict[str, list[tuple[str, str]]] = BUCKETS) -> None:
 def pytest_collection_finish(session) -> None:
     """The probe (only when run by this script): test modules are imported now, so every name is bound."""
     if os.environ.get(PROBE_ENV):
-        from fixtures import models
+        from clip_robustness.fixtures import models
 
         if hasattr(models.LoadedModel, "encode_items"):  # before the timer wraps it: digests are not forward time
             models.LoadedModel.encode_items = _count_images(models.LoadedModel.encode_items)
@@ -196,7 +196,7 @@ def forward_floor(spec: str, n: int, threads: int, device: str) -> float:
     size, batches of FLOOR_BATCH) with ``threads`` torch threads; content does not change a forward's cost."""
     import torch
 
-    from fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
 
     torch.set_num_threads(threads)
     model = load_model(parse_model_spec(spec), device=device).model

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the dependencies listed in pyproject.toml ([project.dependencies]).
-# The harness runs from the repository root, so nothing of ours is installed into site-packages.
+# Then installs this repository itself, editable, as the `clip_robustness` package (its pytest11 entry point
+# loads the plugin; `clip-robustness` runs the suite); nothing is installed as `plugins` or `fixtures`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,3 +15,4 @@ for extra in filter(None, os.environ["RB_EXTRAS"].split(",")):
     deps += project["optional-dependencies"][extra]
 print("\n".join(deps))')
 .venv/bin/python -m pip install -q --disable-pip-version-check "${deps[@]}"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .

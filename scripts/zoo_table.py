@@ -1,4 +1,4 @@
-"""Print the docs/zoo.md and README zoo tables from fixtures/zoo/zoo.json (the measured numbers).
+"""Print the docs/zoo.md and README zoo tables from clip_robustness.fixtures/zoo/zoo.json (the measured numbers).
 
     .venv/bin/python scripts/zoo_table.py [--readme]
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fixtures import zoo  # noqa: E402
+from clip_robustness.fixtures import zoo  # noqa: E402
 
 VARIES = {"rn-clip": "ResNet, diverse data, CLIP loss", "vit-clip": "ViT tower",
           "rn-clip-narrow": "narrow training distribution", "rn-clip-small": "10% of the training images",

@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _report_rendering_loaded() -> None:
     """pytester restores ``sys.modules`` after every test that uses it, dropping the modules first imported
-    during that test. A report rendered in-process there (``plugins.merge``) would leave half of matplotlib
+    during that test. A report rendered in-process there (``clip_robustness.plugins.merge``) would leave half of matplotlib
     to be imported again beside the other half (two ``SubplotSpec`` classes, and a ValueError in the next
     rendering). So the drawing stack is loaded once per process, before any test."""
     import io
@@ -39,14 +39,13 @@ def _report_rendering_loaded() -> None:
 
 @pytest.fixture
 def run_harness(pytester: pytest.Pytester):
-    """Run pytest in a subprocess on ``pytester``'s folder with the robustness plugin loaded."""
+    """Run pytest in a subprocess on ``pytester``'s folder (the robustness plugin loads by its entry point)."""
     pytester.makepyprojecttoml("[tool.pytest.ini_options]\naddopts = ['--strict-markers']\n")
 
     def run(*args: str, timeout: float = 300) -> pytest.RunResult:
-        env_path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-        pytester._monkeypatch.setenv("PYTHONPATH", env_path)
         pytester._monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        return pytester.runpytest_subprocess("-p", "plugins.robustness", "-p", "no:randomly",
+        # the plugin loads by its entry point (the package is installed), as in a user's repository
+        return pytester.runpytest_subprocess("-p", "no:randomly",
                                              "--embedding-cache", str(pytester.path / ".emb"), *args,
                                              timeout=timeout)
 

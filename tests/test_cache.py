@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures.cache import CacheWarning, EmbeddingCache, cache_key
+from clip_robustness.fixtures.cache import CacheWarning, EmbeddingCache, cache_key
 
 
 def _worker(root: str, counter_dir: str, barrier) -> None:
@@ -94,7 +94,7 @@ def test_read_only_cache_serves_hits_and_warns_once(tmp_path, monkeypatch):
     root, for whom chmod stops nothing, so the mount's refusal is simulated where the cache writes."""
     import errno
 
-    import fixtures.cache as cache_module
+    import clip_robustness.fixtures.cache as cache_module
 
     filled = EmbeddingCache(tmp_path)
     for i in range(3):
@@ -121,7 +121,7 @@ def test_read_only_cache_serves_hits_and_warns_once(tmp_path, monkeypatch):
 
 
 def test_unwritable_entry_warns_once_and_keeps_the_value(tmp_path, monkeypatch):
-    import fixtures.cache as cache_module
+    import clip_robustness.fixtures.cache as cache_module
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from fixtures import zoo
-from fixtures.models import ModelLoadError, ModelSpecError, load_model, parse_model_spec
+from clip_robustness.fixtures import zoo
+from clip_robustness.fixtures.models import ModelLoadError, ModelSpecError, load_model, parse_model_spec
 
 RN = zoo.get("rn-clip").checkpoint
 VIT = zoo.get("vit-clip").checkpoint

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from fixtures.conditions import condition, join_condition, parse_condition
+from clip_robustness.fixtures.conditions import condition, join_condition, parse_condition
 
 KEYS = st.text(st.characters(blacklist_characters="%;=", blacklist_categories=("Cs",)), min_size=1, max_size=8)
 VALUES = st.one_of(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
@@ -24,6 +24,6 @@ def test_syntax_characters_in_a_class_name_are_escaped():
 
 
 def test_the_html_report_uses_the_same_parser():
-    import plugins.html_report as html
+    import clip_robustness.plugins.html_report as html
 
     assert html.parse_condition is parse_condition and html.join_condition is join_condition

@@ -10,10 +10,10 @@ from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 from scipy import ndimage as ndi
 
-from fixtures import corruptions2d as c2d
-from fixtures import corruptions3d as c3d
-from fixtures.corruptions2d import ALL_FAMILIES, EXTRA_FAMILIES, FAMILIES, corrupt
-from fixtures.corruptions3d import DEPTH_FAMILIES, FAMILIES_3D, corrupt3d
+from clip_robustness.fixtures import corruptions2d as c2d
+from clip_robustness.fixtures import corruptions3d as c3d
+from clip_robustness.fixtures.corruptions2d import ALL_FAMILIES, EXTRA_FAMILIES, FAMILIES, corrupt
+from clip_robustness.fixtures.corruptions3d import DEPTH_FAMILIES, FAMILIES_3D, corrupt3d
 
 # Families whose reference severity ladder does not grow the mean pixel distance, and why.
 NOT_MONOTONE_IN_PIXELS = {
@@ -87,7 +87,7 @@ def test_random_families_differ_between_items_and_severities():
 @pytest.fixture(scope="module")
 def world_images():
     """A few world test renders with their depth maps."""
-    from fixtures.datasets import world_dataset
+    from clip_robustness.fixtures.datasets import world_dataset
 
     ds = world_dataset("test", n=6)
     return ds.images(), c3d.world_depth_source(ds)(ds.item_ids)
@@ -300,8 +300,8 @@ def test_memo_is_bounded_in_bytes():
 
 
 def test_world_depth_source_re_renders_the_depth_of_each_item():
-    from fixtures.datasets import world_dataset
-    from fixtures.world import SceneSpec, render_batch
+    from clip_robustness.fixtures.datasets import world_dataset
+    from clip_robustness.fixtures.world import SceneSpec, render_batch
 
     ds = world_dataset("test", n=3)
     maps = c3d.world_depth_source(ds)(list(reversed(ds.item_ids)))
@@ -312,7 +312,7 @@ def test_world_depth_source_re_renders_the_depth_of_each_item():
 
 
 def test_folder_depth_source_reads_npy_metres_and_png_in_512ths(tmp_path):
-    from fixtures.datasets import DatasetError, image_folder
+    from clip_robustness.fixtures.datasets import DatasetError, image_folder
 
     images, depth = tmp_path / "images", tmp_path / "depth"
     for name in ("a", "b"):
@@ -333,7 +333,7 @@ def test_folder_depth_source_reads_npy_metres_and_png_in_512ths(tmp_path):
 
 
 def test_corruption_folder_cells_read_the_published_layout(tmp_path):
-    from fixtures.datasets import DatasetError
+    from clip_robustness.fixtures.datasets import DatasetError
 
     for family, severity in (("fog", 1), ("fog", 3), ("blur_group/defocus_blur", 2)):
         folder = tmp_path / family / str(severity) / "n01440764"

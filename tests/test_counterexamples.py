@@ -1,4 +1,4 @@
-"""Tests of the hypothesis counterexample search (fixtures.counterexamples) on models built to flip."""
+"""Tests of the hypothesis counterexample search (clip_robustness.fixtures.counterexamples) on models built to flip."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.counterexamples import apply_steps, model_predictor, search_counterexample, search_space
-from fixtures.factors import FACTOR_NAMES, canonical_specs, changed_fields, specs_dataset
-from fixtures.models import LinearHead
-from fixtures.world import ID_CLASSES
+from clip_robustness.fixtures.counterexamples import apply_steps, model_predictor, search_counterexample, search_space
+from clip_robustness.fixtures.factors import FACTOR_NAMES, canonical_specs, changed_fields, specs_dataset
+from clip_robustness.fixtures.models import LinearHead
+from clip_robustness.fixtures.world import ID_CLASSES
 
 SPEC = canonical_specs(1, 0)[0]
 LABEL = ID_CLASSES.index(SPEC.shape)
@@ -83,7 +83,7 @@ class BrightnessModel:
 
     threshold: float
     device: str = "cpu"
-    precision: str = "fp32"  # fixtures.embed.model_key reads it
+    precision: str = "fp32"  # clip_robustness.fixtures.embed.model_key reads it
 
     def __post_init__(self):
         self.weights_sha256, self.preprocess_cfg = f"brightness:{self.threshold!r}", {}  # what the cache keys on
@@ -115,8 +115,8 @@ def test_search_through_the_model_path_finds_the_darkness_threshold():
 def test_cached_search_equals_a_fresh_search_and_a_rerun_searches_nothing(tmp_path):
     """The search is sequential (hypothesis), so its outcome is cached, not batched: on a few scenes the
     stored outcome equals a fresh search, and a re-run (a new cache object: a new process) asks nothing."""
-    from fixtures.cache import EmbeddingCache
-    from fixtures.counterexamples import Predictor
+    from clip_robustness.fixtures.cache import EmbeddingCache
+    from clip_robustness.fixtures.counterexamples import Predictor
 
     planted = Predictor(lambda s: OTHER if s.pose[1] >= 37 or s.light[2] < 0.5 else LABEL, key={"planted": 1})
     calls = []

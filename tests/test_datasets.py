@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures.datasets import MIN_V2_INDEX_FOLDERS, DatasetError, image_folder, imagenet_folder, world_dataset
-from fixtures.real_data import calibration_split, classification_dataset, ood_dataset
+from clip_robustness.fixtures.datasets import MIN_V2_INDEX_FOLDERS, DatasetError, image_folder, imagenet_folder, world_dataset
+from clip_robustness.fixtures.real_data import calibration_split, classification_dataset, ood_dataset
 
 
 def _img(path, value):
@@ -113,7 +113,7 @@ def test_world_dataset_is_deterministic_and_limited():
 
 
 def test_spread_head_takes_classes_round_robin():
-    from fixtures.datasets import ImageDataset
+    from clip_robustness.fixtures.datasets import ImageDataset
 
     labels = np.array([0, 0, 0, 0, 1, 1, 2])  # a class-sorted folder
     ds = ImageDataset("d", ("a", "b", "c"), labels, tuple(f"i{k}" for k in range(7)),
@@ -139,9 +139,9 @@ def _rb(data, limit=None, **options):
 
 def test_classes_with_the_same_name_are_labelled_by_wnid(tmp_path, monkeypatch):
     """Case 5: every image is labelled with its own folder's class index, never via its (repeated) name."""
-    import fixtures.datasets
-    from fixtures import imagenet_x
-    from fixtures.corruptions2d import corruption_folder_cells
+    import clip_robustness.fixtures.datasets
+    from clip_robustness.fixtures import imagenet_x
+    from clip_robustness.fixtures.corruptions2d import corruption_folder_cells
 
     for wnid, index in SAME_NAME_WNIDS.items():
         for k in range(2):
@@ -151,7 +151,7 @@ def test_classes_with_the_same_name_are_labelled_by_wnid(tmp_path, monkeypatch):
     want = [index for index in SAME_NAME_WNIDS.values() for _ in range(2)]
     val = classification_dataset("imagenet", tmp_path / "val")
     assert val.labels.tolist() == want and val.classnames[657] == val.classnames[744] == "missile"
-    monkeypatch.setattr(fixtures.datasets, "MIN_V2_INDEX_FOLDERS", 4)  # a 4-folder V2 copy, for this test
+    monkeypatch.setattr(clip_robustness.fixtures.datasets, "MIN_V2_INDEX_FOLDERS", 4)  # a 4-folder V2 copy, for this test
     assert classification_dataset("imagenet-v2", tmp_path / "v2").labels.tolist() == want
     (cell,) = corruption_folder_cells("imagenet-c", tmp_path / "c", ("fog",), None)
     assert cell.dataset.labels.tolist() == want
@@ -195,9 +195,9 @@ def test_published_layout_quirks(tmp_path):
 
 def test_limit_spreads_over_classes_in_every_real_set(tmp_path):
     """Case 13: --limit on class-sorted folders covers the classes (round-robin), deterministically."""
-    from fixtures.corruptions2d import corruption_folder_cells
-    from fixtures.cue_conflict import cue_conflict_dataset
-    from fixtures.real_data import load_real_set
+    from clip_robustness.fixtures.corruptions2d import corruption_folder_cells
+    from clip_robustness.fixtures.cue_conflict import cue_conflict_dataset
+    from clip_robustness.fixtures.real_data import load_real_set
 
     wnids = ("n01440764", "n01443537", "n01484850")
     for c, wnid in enumerate(wnids):
@@ -224,7 +224,7 @@ def test_a_replaced_file_gets_a_new_item_id(tmp_path, monkeypatch):
     (the embedding cache key). Digests are read only for the items a --limit run uses."""
     import os
 
-    import fixtures.datasets
+    import clip_robustness.fixtures.datasets
 
     path = tmp_path / "cls" / "a.bmp"  # BMP: same dimensions, same size on disk
     path.parent.mkdir()
@@ -239,7 +239,7 @@ def test_a_replaced_file_gets_a_new_item_id(tmp_path, monkeypatch):
     for k in range(20):
         _img(tmp_path / "many" / f"c{k % 4}" / f"{k:02d}.png", k)
     read = []
-    monkeypatch.setattr(fixtures.datasets, "file_digest", lambda p: read.append(p) or "d")
+    monkeypatch.setattr(clip_robustness.fixtures.datasets, "file_digest", lambda p: read.append(p) or "d")
     ds = image_folder("many", tmp_path / "many")
     assert len(ds.spread_head(3).item_ids) == 3 and len(read) == 3
     assert len(ds.head(5)) == 5 and len(read) == 3  # a lazy slice reads nothing until used
@@ -247,7 +247,7 @@ def test_a_replaced_file_gets_a_new_item_id(tmp_path, monkeypatch):
 
 def test_multi_factor_annotations_are_labelled_multi(tmp_path):
     """Case 14: the multi-factor file, given by path, is labelled multi-factor (by content or name)."""
-    from fixtures import imagenet_x
+    from clip_robustness.fixtures import imagenet_x
 
     def write(path, factors_per_row):
         rows = []
@@ -265,7 +265,7 @@ def test_multi_factor_annotations_are_labelled_multi(tmp_path):
 
 def test_imagefolder_set_names_templates_and_sentences(tmp_path):
     """A custom domain: class names from the folders or a file (sorted-folder order), a templates file."""
-    from fixtures.real_data import check_data_name, imagefolder_dataset, imagefolder_options, real_templates
+    from clip_robustness.fixtures.real_data import check_data_name, imagefolder_dataset, imagefolder_options, real_templates
 
     _img(tmp_path / "d" / "golden_retriever" / "a.png", 1)
     _img(tmp_path / "d" / "tabby" / "b.png", 2)
@@ -301,12 +301,12 @@ def test_imagefolder_set_names_templates_and_sentences(tmp_path):
 
 
 def test_every_data_name_the_suite_reads_is_in_the_table():
-    """Case 4: one table (fixtures.real_data.DATA_SETS) lists every --data name the property modules read,
+    """Case 4: one table (clip_robustness.fixtures.real_data.DATA_SETS) lists every --data name the property modules read,
     with the properties that read it; config checks names against it."""
     import ast
     from pathlib import Path
 
-    from fixtures.real_data import DATA_SETS
+    from clip_robustness.fixtures.real_data import DATA_SETS
 
     def names_read(tree) -> set[str]:
         """String constants in expressions that read rb_config.data or load a real set by name."""
@@ -353,12 +353,12 @@ def test_unknown_data_name_is_a_usage_error(pytester, run_harness, tmp_path):
 
 
 def test_world_export_read_as_imagefolder_gives_the_world_numbers(pytester, run_harness):
-    """``python -m fixtures.world export`` read back by ``--data imagefolder:NAME=DIR`` gives the world
+    """``python -m clip_robustness.fixtures.world export`` read back by ``--data imagefolder:NAME=DIR`` gives the world
     split's top-1 exactly (PNG is lossless; class order and item order do not change top-1); an unreadable
     image in such a folder is one sentence naming the file."""
     from pathlib import Path
 
-    from fixtures.world.cli import main as world_cli
+    from clip_robustness.fixtures.world.cli import main as world_cli
 
     out = pytester.path / "wt"
     assert world_cli(["export", "--split", "test", "--n", "40", "--seed", "0", "--out", str(out)]) == 0

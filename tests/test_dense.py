@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.dense import (chance_recall, dense_features, match_points, object_pixels, sample_at,
+from clip_robustness.fixtures.dense import (chance_recall, dense_features, match_points, object_pixels, sample_at,
                             view_angle_deg)
-from plugins.metrics import correspondence_recall
+from clip_robustness.plugins.metrics import correspondence_recall
 
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    from fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
 
     return {name: load_model(parse_model_spec(f"{name}:random")) for name in ("world-rn-tiny", "world-vit-tiny")}
 
@@ -116,7 +116,7 @@ def test_chance_recall_by_hand():
 
 def test_world_points_as_features_recover_world_correspondences():
     """End to end on the world: features = random Fourier features of each pixel's 3D point."""
-    from fixtures.world import SceneSpec, correspondences, render_views
+    from clip_robustness.fixtures.world import SceneSpec, correspondences, render_views
 
     spec = SceneSpec(shape="cube", pattern="plain", camera=(30.0, 25.0, 4.3))
     views = render_views(spec, [(30.0, 25.0, 4.3), (55.0, 25.0, 4.3)])

@@ -1,4 +1,4 @@
-"""Tests of the world's factor interventions (fixtures.factors) and of the effective-robustness
+"""Tests of the world's factor interventions (clip_robustness.fixtures.factors) and of the effective-robustness
 computation the ``factor`` property records."""
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import linregress, norm
 
-from fixtures.conditions import condition
-from fixtures.datasets import world_dataset
-from fixtures.factors import (CANONICAL, FACTOR_FIELDS, FACTOR_NAMES, FACTOR_VALUES, bootstrap_ci_vector,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.fixtures.datasets import world_dataset
+from clip_robustness.fixtures.factors import (CANONICAL, FACTOR_FIELDS, FACTOR_NAMES, FACTOR_VALUES, bootstrap_ci_vector,
                               canonical_spec, canonical_specs, changed_fields, effective_robustness_all,
                               factor_effective_robustness, factor_suite, intervene, specs_dataset, weighted_accuracy)
-from fixtures.world import CLASS_TEXTURE, RANGES, SceneSpec, sample_specs
-from plugins.metrics import UndefinedMetricWarning
-from plugins.stats import bootstrap_ci
+from clip_robustness.fixtures.world import CLASS_TEXTURE, RANGES, SceneSpec, sample_specs
+from clip_robustness.plugins.metrics import UndefinedMetricWarning
+from clip_robustness.plugins.stats import bootstrap_ci
 from tests.conftest import RANDOM_MODEL
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
@@ -156,7 +156,7 @@ def test_bootstrap_ci_vector_equals_scalar_bootstrap_per_entry():
         return x.mean(0) - y.mean()  # (K,)
 
     lo, hi = bootstrap_ci_vector(vector, a, b, seed=7)
-    for k in range(3):  # same seed, same resamples as plugins.stats.bootstrap_ci
+    for k in range(3):  # same seed, same resamples as clip_robustness.plugins.stats.bootstrap_ci
         assert (lo[k], hi[k]) == pytest.approx(bootstrap_ci(lambda x, y, k=k: vector(x, y)[k], a, b, seed=7))
 
 

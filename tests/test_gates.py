@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from plugins.config import Threshold
-from plugins.gates import bound_verdict, select_threshold
+from clip_robustness.plugins.config import Threshold
+from clip_robustness.plugins.gates import bound_verdict, select_threshold
 
 ROW = {"property": "calibration", "model": "embedded:rn-clip", "dataset": "world:test",
        "condition": "templates=single", "metric": "ece"}
@@ -57,7 +57,7 @@ def _cell(**kw):
 def test_rule_audit_counts_cells_and_tells_typos_from_rules_for_other_runs():
     """Case 2 (b): a rule that matched no cell although its property and model ran is 'unmatched' (a typo,
     with a suggestion); a rule of a property or model that did not run is 'not applicable'."""
-    from plugins.gates import audit
+    from clip_robustness.plugins.gates import audit
 
     rules = [Threshold("calibration", "ece", max=0.1, origin="g[0]"),
              Threshold("calibration", "ece", dataset="world:tset", max=0.1, origin="g[1]"),
@@ -90,7 +90,7 @@ def test_rule_audit_counts_cells_and_tells_typos_from_rules_for_other_runs():
 
 def test_baseline_usage_per_model_and_zero_comparisons_fail():
     """Case 3: per model how many cells were compared; a baseline compared with no cell fails the run."""
-    from plugins.gates import audit
+    from clip_robustness.plugins.gates import audit
 
     compared = {"comparison": {"delta": 0.0}}
     rows = [_cell(model="a", extra=compared), _cell(model="a"), _cell(model="b")]
@@ -102,7 +102,7 @@ def test_baseline_usage_per_model_and_zero_comparisons_fail():
 
 
 def test_rule_sources_for_the_header():
-    from plugins.gates import rule_sources
+    from clip_robustness.plugins.gates import rule_sources
 
     rules = [Threshold("ood", "auroc", min=0.9, origin=f"pyproject.toml [tool.robustness] thresholds[{i}]")
              for i in range(2)] + [Threshold("ood", "auroc", min=0.9, origin="ci/gates.toml[0]")]

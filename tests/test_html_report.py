@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fixtures.conditions import condition
-from plugins.html_report import (LMM_CLASSES_PER_PANEL, MAX_FIGURES, higher_is_better, lmm_help_hurt,
+from clip_robustness.fixtures.conditions import condition
+from clip_robustness.plugins.html_report import (LMM_CLASSES_PER_PANEL, MAX_FIGURES, higher_is_better, lmm_help_hurt,
                                  render_html, validate_report, write_html)
-from plugins.render import main as render_cli
+from clip_robustness.plugins.render import main as render_cli
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"
@@ -420,7 +420,7 @@ def test_six_factor_view_skips_with_one_model(tmp_path):
 def test_render_cli_is_deterministic_and_fails_cleanly(rendered, tmp_path):
     _, report_dir, html, _ = rendered
     out = tmp_path / "again.html"
-    cmd = [sys.executable, "-m", "plugins.render", str(report_dir / "robustness.json"), "--out", str(out)]
+    cmd = [sys.executable, "-m", "clip_robustness.plugins.render", str(report_dir / "robustness.json"), "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8") == html  # same input, same bytes, across processes
@@ -428,7 +428,7 @@ def test_render_cli_is_deterministic_and_fails_cleanly(rendered, tmp_path):
 
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{not json")
-    done = subprocess.run([sys.executable, "-m", "plugins.render", str(bad_json)], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "clip_robustness.plugins.render", str(bad_json)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "not valid JSON" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not bad_json.with_suffix(".html").exists()
@@ -562,7 +562,7 @@ def test_lmm_summary_quotes_the_loglik_gain(lmm_rendered):
 def test_figures_of_an_unchanged_report_come_from_the_cache(tmp_path, monkeypatch):
     """Issue 14: a warm re-render draws no figure and writes the same bytes as a render without the
     cache (notes of missing/corrupt sample files included); a changed row never hits."""
-    from plugins import html_report
+    from clip_robustness.plugins import html_report
 
     report_dir, cache = tmp_path / "rep", tmp_path / "cache"
     report_dir.mkdir()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures.datasets import DatasetError
-from fixtures.imagenet_d import clean_classname, imagenet_d_splits
+from clip_robustness.fixtures.datasets import DatasetError
+from clip_robustness.fixtures.imagenet_d import clean_classname, imagenet_d_splits
 
 
 def _img(path, value):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixtures.lmm.adapter import LMMError, identify_tower, load_lmm, parse_lmm_spec, run_lmms
-from fixtures.lmm.protocol import (QUESTION, UNMATCHED, balanced_true_first, distractors, match_answer,
+from clip_robustness.fixtures.lmm.adapter import LMMError, identify_tower, load_lmm, parse_lmm_spec, run_lmms
+from clip_robustness.fixtures.lmm.protocol import (QUESTION, UNMATCHED, balanced_true_first, distractors, match_answer,
                                    option_pairs, run_protocol)
 from tests.conftest import RANDOM_MODEL
 
@@ -23,13 +23,13 @@ def tiny_llava(folder: Path, *, tower: str = "clip") -> Path:
     """A randomly initialised transformers LLaVA with its processor, saved to ``folder``.
 
     ``tower="clip"``: transformers' own CLIPVisionModel (what downloaded LLaVAs use); ``"open_clip"``:
-    the harness's open_clip tower (fixtures.lmm.tower) with world-rn-tiny's config.
+    the harness's open_clip tower (clip_robustness.fixtures.lmm.tower) with world-rn-tiny's config.
     """
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from fixtures.lmm.tower import OpenClipVisionConfig, register
-    from fixtures.lmm.world_llava import build_processor
+    from clip_robustness.fixtures.lmm.tower import OpenClipVisionConfig, register
+    from clip_robustness.fixtures.lmm.world_llava import build_processor
 
     register()
     if tower == "clip":
@@ -148,7 +148,7 @@ def test_answer_runs_the_tower_once_per_image_and_equals_the_per_option_path(tmp
     pixels repeated per option for scoring, and again for generation."""
     import torch
 
-    from fixtures.lmm.adapter import encode_prompts, prompt_answer_batch
+    from clip_robustness.fixtures.lmm.adapter import encode_prompts, prompt_answer_batch
 
     lmm = load_lmm(parse_lmm_spec(f"{tiny_llava(tmp_path / 'tiny')};tower={RANDOM_MODEL}"))
     imgs = images(3, 32, seed=4)
@@ -176,7 +176,7 @@ def test_answer_runs_the_tower_once_per_image_and_equals_the_per_option_path(tmp
 
 
 def test_protocol_outcomes_are_cached_by_lmm_items_and_questions(clip_llava, tmp_path):
-    from fixtures.cache import EmbeddingCache
+    from clip_robustness.fixtures.cache import EmbeddingCache
 
     imgs, labels = images(4, 32, seed=5), np.array([0, 1, 2, 0])
     logits = np.random.default_rng(0).normal(size=(4, 3))
@@ -208,7 +208,7 @@ def test_open_clip_tower_pooled_token_is_the_clips_image_embedding(tmp_path):
     """The tower a world LLaVA uses is the CLIP's own: its first token is the CLIP image embedding."""
     import torch
 
-    from fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
 
     lmm = load_lmm(parse_lmm_spec(str(tiny_llava(tmp_path / "oc", tower="open_clip"))))
     clip = load_model(parse_model_spec(RANDOM_MODEL))
@@ -256,7 +256,7 @@ def test_default_lmms_follow_the_runs_models():
 
 
 def test_corrupted_embedded_weights_name_the_file(tmp_path, monkeypatch):
-    from fixtures.lmm import adapter
+    from clip_robustness.fixtures.lmm import adapter
 
     src = adapter.EMBEDDED_DIR / "world-llava"
     shutil.copytree(src, tmp_path / "world-llava")
@@ -330,9 +330,9 @@ def test_protocol_exposes_a_first_option_bias_as_chance_accuracy():
 # ------------------------------------------------------------------------------------ embedded LMM
 
 def test_embedded_lmm_is_built_on_rn_clip_and_reproduces_its_accuracy():
-    from fixtures import zoo
-    from fixtures.lmm.adapter import EMBEDDED_DIR
-    from fixtures.lmm.world_llava import measure
+    from clip_robustness.fixtures import zoo
+    from clip_robustness.fixtures.lmm.adapter import EMBEDDED_DIR
+    from clip_robustness.fixtures.lmm.world_llava import measure
 
     record = json.loads((EMBEDDED_DIR / "world-llava" / "lmm.json").read_text())
     assert record["tower"] == "embedded:rn-clip" and record["tower_sha256"] == zoo.get("rn-clip").sha256
@@ -350,7 +350,7 @@ def test_embedded_lmm_is_built_on_rn_clip_and_reproduces_its_accuracy():
 def zoo_visual_state(name: str) -> dict:
     from safetensors.torch import load_file
 
-    from fixtures import zoo
+    from clip_robustness.fixtures import zoo
 
     state = load_file(str(zoo.get(name).checkpoint))
     return {k[len("visual."):]: v.float() for k, v in state.items() if k.startswith("visual.")}
@@ -398,7 +398,7 @@ def test_lmm_on_a_real_imagenet_d_folder_with_syntax_characters_in_class_names(r
     warnings as errors), and class folders named with '=' or ';' are escaped in the conditions."""
     from PIL import Image
 
-    from fixtures.conditions import parse_condition
+    from clip_robustness.fixtures.conditions import parse_condition
 
     root = tmp_path / "ImageNet-D"
     rng = np.random.default_rng(0)

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special
 
-from plugins import metrics as M
+from clip_robustness.plugins import metrics as M
 
 REPORT_NAMES = {
     "top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out",

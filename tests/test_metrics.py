@@ -1,4 +1,4 @@
-"""Each metric of plugins.metrics against an independent reference (sklearn, scipy, a hand-computed
+"""Each metric of clip_robustness.plugins.metrics against an independent reference (sklearn, scipy, a hand-computed
 case or a brute-force loop written here), plus hypothesis properties.
 
 Where the implementation itself calls sklearn (AUROC, AUPR), the reference here is something
@@ -24,8 +24,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from plugins import metrics as M
-from plugins.metrics import UndefinedMetricWarning
+from clip_robustness.plugins import metrics as M
+from clip_robustness.plugins.metrics import UndefinedMetricWarning
 
 
 def _classification_data(seed: int, n: int = 400, c: int = 5) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from fixtures import zoo
-from fixtures.models import ModelLoadError, NonFiniteError, load_model, parse_model_spec
+from clip_robustness.fixtures import zoo
+from clip_robustness.fixtures.models import ModelLoadError, NonFiniteError, load_model, parse_model_spec
 
 ARCH = zoo.get("rn-clip").arch
 
@@ -73,7 +73,7 @@ def test_guard_on_logits_and_overflow(rn_clip):
 
 
 def test_cache_never_serves_a_non_finite_entry(tmp_path):
-    from fixtures.cache import CacheWarning, EmbeddingCache, cache_key
+    from clip_robustness.fixtures.cache import CacheWarning, EmbeddingCache, cache_key
 
     cache = EmbeddingCache(tmp_path)
     parts = {"kind": "text", "texts": "x"}
@@ -121,7 +121,7 @@ UNDEFINED_TESTS = '''
 import warnings
 import numpy as np
 import pytest
-from plugins.metrics import UndefinedMetricWarning
+from clip_robustness.plugins.metrics import UndefinedMetricWarning
 
 def degenerate(x):
     warnings.warn("ece is undefined with one class", UndefinedMetricWarning)

@@ -1,21 +1,21 @@
-"""Parallel decoding (fixtures.pipeline): the same embeddings as the serial path, errors unchanged."""
+"""Parallel decoding (clip_robustness.fixtures.pipeline): the same embeddings as the serial path, errors unchanged."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures.cache import EmbeddingCache
-from fixtures.datasets import DatasetError, image_folder
-from fixtures.embed import image_embeddings
-from fixtures.pipeline import WORKERS_ENV, decode_workers
+from clip_robustness.fixtures.cache import EmbeddingCache
+from clip_robustness.fixtures.datasets import DatasetError, image_folder
+from clip_robustness.fixtures.embed import image_embeddings
+from clip_robustness.fixtures.pipeline import WORKERS_ENV, decode_workers
 
 from tests.conftest import RANDOM_MODEL
 
 
 @pytest.fixture(scope="module")
 def model():
-    from fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
 
     loaded = load_model(parse_model_spec(RANDOM_MODEL))
     loaded.batch_size = 7  # several batches, and sub-batches cut at their boundaries
@@ -41,10 +41,10 @@ def test_parallel_decoding_equals_the_serial_path_bitwise(tmp_path, model, monke
     bitwise, with and without a corruption condition, and equal preprocessing everything up front."""
     import torch
 
-    import fixtures.pipeline
-    from fixtures.corruptions2d import CORRUPTED, corruption_condition
+    import clip_robustness.fixtures.pipeline
+    from clip_robustness.fixtures.corruptions2d import CORRUPTED, corruption_condition
 
-    monkeypatch.setattr(fixtures.pipeline, "SUB_BATCH", 3)
+    monkeypatch.setattr(clip_robustness.fixtures.pipeline, "SUB_BATCH", 3)
     dataset = image_folder("quirks", _quirky_folder(tmp_path))
     assert dataset.reads_files and len(dataset) == 23
     got = {}

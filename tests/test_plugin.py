@@ -16,7 +16,7 @@ import pytest
 def test_separation(record, rb_seed, shift):
     rng = np.random.default_rng(0)
     scores_in, scores_out = rng.normal(shift, 1, 300), rng.normal(0, 1, 300)
-    from plugins.metrics import ood_auroc_score
+    from clip_robustness.plugins.metrics import ood_auroc_score
     record.measure("auroc", ood_auroc_score, scores_in, scores_out, two_sample=True,
                    dataset="synthetic", condition=f"shift={shift}", model="m",
                    samples={"scores_in": scores_in, "scores_out": scores_out})
@@ -153,7 +153,7 @@ def same_numbers(serial: list[dict], serial_dir, parallel: list[dict], parallel_
     the arrays, and the per-sample file names that hash their bytes, need not be bitwise equal."""
     import numpy as np
 
-    from plugins.report import SAMPLES_TOLERANCE, load_samples
+    from clip_robustness.plugins.report import SAMPLES_TOLERANCE, load_samples
 
     assert len(serial) == len(parallel)
     for a, b in zip(serial, parallel):
@@ -256,13 +256,13 @@ def test_rule_that_matches_nothing_is_reported_and_fails_under_strict(pytester, 
     result = run_harness("--model", RANDOM_MODEL, "--thresholds", "gates.toml")
     assert result.ret == 0
     result.stdout.fnmatch_lines([
-        "robustness: thresholds: 3 rules (3 from gates.toml)",
+        "robustness: thresholds: 12 rules (9 from the package defaults, 3 from gates.toml)",
         "rule gates.toml[[]0]: ood/auroc [[]condition=shift=0.5]: 1 gated, 0 compared - applied",
         "rule gates.toml[[]1]: ood/auroc [[]dataset=synthetc]: 0 gated, 0 compared - unmatched: dataset 'synthetc'*",
         "rule gates.toml[[]2]: accuracy/top1: 0 gated, 0 compared - not applicable: no 'accuracy' cell was measured*",
         f"WARNING: {typo} (--rb-strict fails the run on it)."])
     gates = _rows(pytester)[0]["run"]["gates"]
-    assert [(r["origin"], r["status"], r["gated"]) for r in gates["rules"]] == [
+    assert [(r["origin"], r["status"], r["gated"]) for r in gates["rules"] if "defaults" not in r["origin"]] == [
         ("gates.toml[0]", "applied", 1), ("gates.toml[1]", "unmatched", 0), ("gates.toml[2]", "not applicable", 0)]
     html = (pytester.path / "reports" / "robustness.html").read_text()
     assert "Gate rules" in html and "(did you mean &#39;synthetic&#39;?)" in html

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from plugins.config import Threshold
-from plugins.regression import compare, paired_two_group_delta, regression_verdict, undefined_comparison
-from plugins.metrics import ood_auroc_score
+from clip_robustness.plugins.config import Threshold
+from clip_robustness.plugins.regression import compare, paired_two_group_delta, regression_verdict, undefined_comparison
+from clip_robustness.plugins.metrics import ood_auroc_score
 from tests.conftest import RANDOM_MODEL
 
 
@@ -148,7 +148,7 @@ def test_baseline_end_to_end(pytester, run_harness, monkeypatch):
 
 def test_merging_two_shards_gives_the_rows_of_one_run(pytester, run_harness):
     from tests.test_plugin import RECORDING_TESTS
-    from plugins.merge import main as merge_main
+    from clip_robustness.plugins.merge import main as merge_main
 
     pytester.makepyfile(test_props=RECORDING_TESTS)
     run_harness("--model", RANDOM_MODEL, "--report-dir", "full").assert_outcomes(passed=4)
@@ -166,7 +166,7 @@ def test_merging_two_shards_gives_the_rows_of_one_run(pytester, run_harness):
 
 
 def test_merge_refuses_disagreeing_shards(tmp_path, capsys):
-    from plugins.merge import main as merge_main
+    from clip_robustness.plugins.merge import main as merge_main
 
     row = {"property": "ood", "model": "m", "dataset": "d", "condition": "", "metric": "auroc", "value": 0.9,
            "ci": None, "n": 1, "higher_is_better": True, "gate": None, "test": "t", "samples": None, "extra": {}}
@@ -187,7 +187,7 @@ def test_noisy_checkpoint_of_the_default_model_fails_the_gate(pytester, run_harn
 
     from safetensors.numpy import load_file, save_file
 
-    from fixtures import zoo
+    from clip_robustness.fixtures import zoo
 
     entry = zoo.default_model()
     rng = np.random.default_rng(0)
@@ -214,7 +214,7 @@ def test_noisy_checkpoint_of_the_default_model_fails_the_gate(pytester, run_harn
 
 
 def test_linear_head_child_is_compared_with_parent_zero_shot_head(tmp_path):
-    from plugins.regression import Baseline
+    from clip_robustness.plugins.regression import Baseline
 
     base_row = {"property": "accuracy", "model": "parent", "dataset": "world:test", "condition": "templates=single",
                 "metric": "top1", "value": 0.8}

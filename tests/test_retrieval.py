@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures.datasets import DatasetError, world_dataset
-from fixtures.retrieval_data import (PERTURBATIONS, SYNONYMS, CaptionSet, fix_articles, karpathy_caption_set,
+from clip_robustness.fixtures.datasets import DatasetError, world_dataset
+from clip_robustness.fixtures.retrieval_data import (PERTURBATIONS, SYNONYMS, CaptionSet, fix_articles, karpathy_caption_set,
                                      perturb, retrieval_hits, world_caption_set)
-from plugins.metrics import recall_at_k, retrieval_recalls
+from clip_robustness.plugins.metrics import recall_at_k, retrieval_recalls
 
 
 def test_hits_by_hand():
@@ -57,7 +57,7 @@ def world_set() -> CaptionSet:
 
 
 def test_world_captions_are_canonical_first_and_reproducible(world_set):
-    from fixtures.world import SceneSpec
+    from clip_robustness.fixtures.world import SceneSpec
 
     assert len(world_set.captions) == 30 and world_set.per_image == 5
     np.testing.assert_array_equal(world_set.text_to_image, np.repeat(np.arange(6), 5))
@@ -93,7 +93,7 @@ def test_perturbations():
 
 
 def test_synonyms_cover_the_world_vocabulary_without_collisions():
-    from fixtures.world.spec import ALL_CLASSES, COLORS
+    from clip_robustness.fixtures.world.spec import ALL_CLASSES, COLORS
 
     vocabulary = set(ALL_CLASSES) | set(COLORS)
     assert not (set(SYNONYMS.values()) & vocabulary), "a synonym must not be another world word"

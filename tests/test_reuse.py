@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures import datasets
-from fixtures.cache import EmbeddingCache
-from fixtures.memo import ByteMemo
+from clip_robustness.fixtures import datasets
+from clip_robustness.fixtures.cache import EmbeddingCache
+from clip_robustness.fixtures.memo import ByteMemo
 
 
 def test_byte_memo_is_bounded_in_bytes_and_drops_the_least_recently_used():
@@ -26,7 +26,7 @@ def test_byte_memo_is_bounded_in_bytes_and_drops_the_least_recently_used():
 @pytest.fixture
 def renders(monkeypatch):
     """Counts the scenes rendered (per render_batch call), with an empty process memo."""
-    from fixtures import world
+    from clip_robustness.fixtures import world
 
     calls, real = [], world.render_batch
     monkeypatch.setattr(world, "render_batch", lambda specs, **kw: calls.append(len(specs)) or real(specs, **kw))
@@ -35,8 +35,8 @@ def renders(monkeypatch):
 
 
 def test_renders_are_memoised_and_cached_on_disk_by_item_id(tmp_path, renders, monkeypatch):
-    from fixtures.world import sample_specs
-    from fixtures.world.renderer import render_batch  # the real one (the fixture counts fixtures.world's)
+    from clip_robustness.fixtures.world import sample_specs
+    from clip_robustness.fixtures.world.renderer import render_batch  # the real one (the fixture counts clip_robustness.fixtures.world's)
 
     ds = datasets.world_dataset("test", n=60, cache=EmbeddingCache(tmp_path))
     got = ds.images([55, 3])
@@ -64,7 +64,7 @@ def test_renders_are_memoised_and_cached_on_disk_by_item_id(tmp_path, renders, m
 
 
 def test_world_depth_source_shares_the_render_memo(renders):
-    from fixtures.corruptions3d import world_depth_source
+    from clip_robustness.fixtures.corruptions3d import world_depth_source
 
     ds = datasets.world_dataset("test", n=5)
     ds.images()
@@ -77,7 +77,7 @@ def test_samples_are_written_once_per_content_and_linked_from_the_previous_repor
     compressed again; within one run, the same arrays are compressed once."""
     import os
 
-    from plugins import report
+    from clip_robustness.plugins import report
 
     arrays = {"logits": np.arange(12, dtype=np.float32).reshape(4, 3), "labels": np.arange(4)}
     staging = tmp_path / "reports" / ".staging-1"

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from plugins.config import ConfigError, choose_threads, parse_shard, parse_threads
+from clip_robustness.plugins.config import ConfigError, choose_threads, parse_shard, parse_threads
 from tests.conftest import RANDOM_MODEL
 
 # --------------------------------------------------------------------------------------------- threads
@@ -74,7 +74,7 @@ def test_thread_count_reaches_workers_header_and_report(pytester, run_harness, m
 
 
 def test_precision_resolves_per_device():
-    from fixtures.models import resolve_precision
+    from clip_robustness.fixtures.models import resolve_precision
 
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("auto", "cuda:1", bf16_supported=True) == "bf16"
@@ -85,7 +85,7 @@ def test_precision_resolves_per_device():
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    from fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
 
     spec = parse_model_spec(RANDOM_MODEL)
     return {p: load_model(spec, precision=p, batch_size=3) for p in ("fp32", "bf16")}
@@ -93,14 +93,14 @@ def tiny_models():
 
 @pytest.fixture(scope="module")
 def images():
-    from fixtures.datasets import world_dataset
+    from clip_robustness.fixtures.datasets import world_dataset
 
     return world_dataset("test", n=8)
 
 
 def test_autocast_changes_embeddings_slightly_and_is_its_own_cache_entry(tiny_models, images, tmp_path):
-    from fixtures.cache import EmbeddingCache
-    from fixtures.embed import image_embeddings, model_key
+    from clip_robustness.fixtures.cache import EmbeddingCache
+    from clip_robustness.fixtures.embed import image_embeddings, model_key
 
     fp32, bf16 = tiny_models["fp32"], tiny_models["bf16"]
     assert "precision" not in model_key(fp32)  # fp32 keys as before: existing caches stay valid
@@ -115,14 +115,14 @@ def test_autocast_changes_embeddings_slightly_and_is_its_own_cache_entry(tiny_mo
 
 
 def test_overflow_under_autocast_names_the_precision_flag(tiny_models):
-    from fixtures.models import NonFiniteError
+    from clip_robustness.fixtures.models import NonFiniteError
 
     with pytest.raises(NonFiniteError, match="overflow under bf16 autocast; run it with --precision fp32"):
         tiny_models["bf16"].require_finite(np.array([[np.inf, 0.0]]), "image embeddings", "world:test")
 
 
 def test_batch_size_keeps_cpu_fp32_numbers_within_tolerance(tiny_models, images):
-    from plugins.report import SAMPLES_TOLERANCE
+    from clip_robustness.plugins.report import SAMPLES_TOLERANCE
 
     model = tiny_models["fp32"]
     assert model.batch_size == 3
@@ -149,7 +149,7 @@ def test_bad_scaling_options_stop_at_start(pytester, run_harness, args, sentence
 
 
 def test_auto_device_gives_each_worker_one_gpu():
-    from fixtures.models import auto_device, resolve_device
+    from clip_robustness.fixtures.models import auto_device, resolve_device
 
     assert [auto_device(f"gw{i}", 2) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     assert auto_device(None, 2) == "cuda:0"  # a serial run
@@ -164,7 +164,7 @@ def test_auto_device_gives_each_worker_one_gpu():
 
 
 def test_shards_split_every_test_once_and_keep_a_model_together():
-    from plugins.merge import shard_positions
+    from clip_robustness.plugins.merge import shard_positions
 
     keys = [(model, f"test_{prop}.py::test[{model}]") for model in ("a", "b", "c") for prop in range(4)] + \
         [("", "test_plain.py::test")]
@@ -183,7 +183,7 @@ def test_shards_split_every_test_once_and_keep_a_model_together():
 
 
 def test_merged_shards_equal_one_run(pytester, run_harness):
-    from plugins.merge import main as merge_main
+    from clip_robustness.plugins.merge import main as merge_main
     from tests.test_plugin import RECORDING_TESTS
 
     pytester.makepyfile(test_props=RECORDING_TESTS)
@@ -205,7 +205,7 @@ def test_merged_shards_equal_one_run(pytester, run_harness):
 
 
 def test_merge_refuses_a_missing_shard(tmp_path, capsys):
-    from plugins.merge import main as merge_main
+    from clip_robustness.plugins.merge import main as merge_main
 
     for name, shard in (("a", [1, 3]), ("b", [3, 3])):
         (tmp_path / name).mkdir()

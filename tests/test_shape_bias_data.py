@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import imagenet_x
-from fixtures.cue_conflict import CLASSES, cue_conflict_dataset, shape_bias_cells, texture_labels
-from fixtures.datasets import DatasetError, world_dataset
-from fixtures.real_data import classification_dataset
-from fixtures.world.spec import CLASS_TEXTURE, TEXTURE_CLASS
-from plugins.metrics import error_ratio, shape_bias_score
+from clip_robustness.fixtures import imagenet_x
+from clip_robustness.fixtures.cue_conflict import CLASSES, cue_conflict_dataset, shape_bias_cells, texture_labels
+from clip_robustness.fixtures.datasets import DatasetError, world_dataset
+from clip_robustness.fixtures.real_data import classification_dataset
+from clip_robustness.fixtures.world.spec import CLASS_TEXTURE, TEXTURE_CLASS
+from clip_robustness.plugins.metrics import error_ratio, shape_bias_score
 
 
 def _png(path: Path, value: int = 128, suffix_format: str = "PNG") -> None:

@@ -40,15 +40,15 @@ def test_architectures_read_from_config_files_match_open_clip() -> None:
     """The torch-free architecture list (config JSONs) is open_clip's own registry, zoo included."""
     import open_clip
 
-    from fixtures import zoo
-    from fixtures.models import config_file_architectures
+    from clip_robustness.fixtures import zoo
+    from clip_robustness.fixtures.models import config_file_architectures
 
     zoo.register_configs()
     assert sorted(config_file_architectures()) == sorted(open_clip.list_models())
 
 
 def test_template_sets_are_built_on_first_use() -> None:
-    from fixtures import templates
+    from clip_robustness.fixtures import templates
 
     assert templates.check_templates("openai") is None
     name, sets = templates.resolve_templates("simple")

@@ -1,4 +1,4 @@
-"""plugins.stats: bootstrap intervals, paired comparison, McNemar, Wilson, per-test seeds."""
+"""clip_robustness.plugins.stats: bootstrap intervals, paired comparison, McNemar, Wilson, per-test seeds."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
-from plugins import metrics as M
-from plugins import stats as S
-from plugins.metrics import UndefinedMetricWarning
+from clip_robustness.plugins import metrics as M
+from clip_robustness.plugins import stats as S
+from clip_robustness.plugins.metrics import UndefinedMetricWarning
 
 
 def test_stats_doctests_pass():

@@ -1,5 +1,5 @@
-"""Batched bootstraps (plugins.metrics.BATCHED via plugins.stats) equal the per-resample loop, and
-bootstrap intervals are cached on disk (fixtures.pytest_fixtures._cached_interval)."""
+"""Batched bootstraps (clip_robustness.plugins.metrics.BATCHED via clip_robustness.plugins.stats) equal the per-resample loop, and
+bootstrap intervals are cached on disk (clip_robustness.fixtures.pytest_fixtures._cached_interval)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.cache import EmbeddingCache
-from fixtures.pytest_fixtures import _cached_interval
-from plugins import metrics as M
-from plugins import stats as S
+from clip_robustness.fixtures.cache import EmbeddingCache
+from clip_robustness.fixtures.pytest_fixtures import _cached_interval
+from clip_robustness.plugins import metrics as M
+from clip_robustness.plugins import stats as S
 
 
 def _loop(statistic):
-    """The same statistic without a batched form: plugins.stats calls it once per resample."""
+    """The same statistic without a batched form: clip_robustness.plugins.stats calls it once per resample."""
     return lambda *arrays: statistic(*arrays)
 
 
@@ -55,7 +55,7 @@ CASES = {
 
 
 def test_every_batched_form_has_a_case():
-    assert set(CASES) == {f for f in M.BATCHED if f.__module__ in ("plugins.metrics", "numpy")}
+    assert set(CASES) == {f for f in M.BATCHED if f.__module__ in ("clip_robustness.plugins.metrics", "numpy")}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fixtures.world import (ALL_CLASSES, CLASS_TEXTURE, COLORS, FACTORS, FIELDS, HELDOUT_CLASSES,
+from clip_robustness.fixtures.world import (ALL_CLASSES, CLASS_TEXTURE, COLORS, FACTORS, FIELDS, HELDOUT_CLASSES,
                             ID_CLASSES, LIGHT_COLORS, OCCLUDERS, PATTERNS, SPLITS, STYLES, TRAIN_BACKGROUNDS,
                             SceneSpec, captions, correspondences, object_placements, project, render,
                             render_batch, render_views, sample_specs, sdf)
-from fixtures.world.cli import main as cli_main
-from fixtures.world.renderer import FLOOR_Y, camera_frames
+from clip_robustness.fixtures.world.cli import main as cli_main
+from clip_robustness.fixtures.world.renderer import FLOOR_Y, camera_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=20, deadline=None, derandomize=True,
@@ -80,7 +80,7 @@ def test_spec_roundtrip_and_id() -> None:
         assert SceneSpec.from_dict(d).id == s.id
     assert len({s.id for s in spec}) == len(spec)
     # the id is the same in a fresh interpreter (no hash randomisation, no process state)
-    code = ("from fixtures.world import sample_specs; import json; "
+    code = ("from clip_robustness.fixtures.world import sample_specs; import json; "
             "print(json.dumps([s.id for s in sample_specs('train', 3, seed=3)]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "123"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import zoo
+from clip_robustness.fixtures import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = zoo.list_models()
@@ -27,7 +27,7 @@ def test_index_lists_the_six_factor_models_with_one_default():
     assert [e.name for e in ENTRIES if e.default] == ["rn-clip"]
     for e in ENTRIES:
         assert set(zoo.FACTOR_KEYS) <= set(e.metadata), e.name
-        assert e.metadata["train_command"].startswith(f"python -m fixtures.zoo train {e.name}")
+        assert e.metadata["train_command"].startswith(f"python -m clip_robustness.fixtures.zoo train {e.name}")
         assert e.metadata["train_seconds"] > 0
         assert (e.head == "linear") == (e.metadata["finetune"] == "labels") == (e.head_file is not None)
 
@@ -75,7 +75,7 @@ def test_checkpoint_loads_through_open_clip_and_matches_checksum(entry):
 
 @pytest.fixture(scope="module")
 def sample():
-    from fixtures.zoo.train import sample_dataset
+    from clip_robustness.fixtures.zoo.train import sample_dataset
 
     ds = sample_dataset()
     ds.images()  # render once for all models
@@ -84,7 +84,7 @@ def sample():
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
 def test_reproduces_recorded_sample_accuracy(entry, sample):
-    from fixtures.zoo.train import SAMPLE_N, load_for_eval, top1
+    from clip_robustness.fixtures.zoo.train import SAMPLE_N, load_for_eval, top1
 
     assert len(sample) == SAMPLE_N
     acc = top1(load_for_eval(entry), sample)
@@ -105,12 +105,12 @@ def test_corrupted_checkpoint_is_named(tmp_path):
     with pytest.raises(zoo.ZooChecksumError) as info:
         zoo.verify_checksum(bad)
     msg = str(info.value)
-    assert str(bad.checkpoint) in msg and bad.sha256 in msg and "python -m fixtures.zoo train rn-clip" in msg
+    assert str(bad.checkpoint) in msg and bad.sha256 in msg and "python -m clip_robustness.fixtures.zoo train rn-clip" in msg
 
 
 def test_corrupted_checkpoint_fails_the_harness_loader(tmp_path, monkeypatch):
     """``--model embedded:NAME`` goes through verify_checksum before open_clip sees the file."""
-    from fixtures.models import load_model, parse_model_spec
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
 
     bad = _corrupt_copy(zoo.default_model(), tmp_path)
     index = tmp_path / "zoo.json"
@@ -141,7 +141,7 @@ def test_register_configs_is_idempotent():
 
 
 def test_list_json_cli():
-    out = subprocess.run([sys.executable, "-m", "fixtures.zoo", "list", "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "clip_robustness.fixtures.zoo", "list", "--json"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     rows = json.loads(out)
     assert [r["name"] for r in rows] == list(NAMES)
@@ -154,7 +154,7 @@ def test_list_json_cli():
 
 
 def test_cli_unknown_model_is_a_clear_error():
-    proc = subprocess.run([sys.executable, "-m", "fixtures.zoo", "eval", "rn-clp"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "clip_robustness.fixtures.zoo", "eval", "rn-clp"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Did you mean rn-clip" in proc.stderr
 
