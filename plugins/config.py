@@ -80,7 +80,7 @@ def _check_rule_names(prop: str, metric: str, origin: str) -> None:
     import difflib
 
     from clip_robustness.plugins.metrics import METRICS
-    from clip_robustness.plugins.robustness import PROPERTIES
+    from clip_robustness.plugins.properties import PROPERTIES
 
     for key, pattern, names in (("property", prop, PROPERTIES), ("metric", metric, METRICS)):
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
@@ -142,6 +142,7 @@ class RunConfig:
     data: dict[str, Path] = field(default_factory=dict)  # --data NAME=PATH
     data_options: dict[str, dict[str, Path]] = field(default_factory=dict)  # imagefolder: classnames/templates files
     thresholds: tuple[Threshold, ...] = ()  # pyproject rules, then --thresholds rules
+    thresholds_file: Path | None = None  # --thresholds FILE (its rules are among `thresholds`)
     baseline: Path | None = None  # --baseline robustness.json of an earlier run
     report_dir: Path = Path("reports")  # where robustness.json / .html / samples/ go
     limit: int | None = None  # cap on items per dataset, for quick runs
@@ -164,7 +165,7 @@ class RunConfig:
         out["data_options"] = {k: {o: str(f) for o, f in v.items()} for k, v in self.data_options.items()}
         out["baseline_models"] = dict(self.baseline_models)
         out["thresholds"] = [asdict(t) for t in self.thresholds]
-        for key in ("baseline", "report_dir", "cache_dir"):
+        for key in ("baseline", "report_dir", "cache_dir", "thresholds_file"):
             out[key] = None if out[key] is None else str(out[key])
         return out
 
@@ -277,6 +278,7 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
             raise ConfigError(f"--lmm: the same LMM is given twice: {sorted({i for i in lmm_ids if lmm_ids.count(i) > 1})}")
     return RunConfig(
         models=specs, data=data_map, data_options=data_options, thresholds=tuple(rules), baseline=base, report_dir=Path(report_dir),
+        thresholds_file=Path(thresholds) if thresholds else None,
         limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
         templates=template_sets, cache_dir=cache_dir, baseline_models=model_map, lmms=lmm_specs,
         threads=parse_threads(threads), precision=precision, batch_size=batch_size, shard=parse_shard(shard),
@@ -357,7 +359,7 @@ def _baseline_model_map(items: list[str], specs: tuple[ModelSpec, ...], baseline
             raise ConfigError(f"--baseline-model {item!r}: {model!r} is not a model of this run ({', '.join(ids)})")
         mapping[model] = base
     if baseline is not None:
-        known = {r.get("model") for r in json.loads(baseline.read_text(encoding="utf-8"))["results"]}
+        known = {r.model for r in load_baseline(baseline).rows}
         missing = sorted(set(mapping.values()) - known)
         if missing:
             raise ConfigError(f"--baseline-model: {missing} not found in {baseline}; it has {sorted(known)}")
@@ -368,29 +370,25 @@ def models_without_baseline(specs: tuple[ModelSpec, ...], model_map: dict[str, s
                             baseline: Path) -> tuple[list[str], list[str]]:
     """(run models with no counterpart in the baseline: neither their id nor their --baseline-model
     is among its models, the baseline's models)."""
-    known = sorted({str(r["model"]) for r in json.loads(baseline.read_text(encoding="utf-8"))["results"]})
+    known = sorted({r.model for r in load_baseline(baseline).rows})
     return [s.id for s in specs if model_map.get(s.id, s.id) not in known], known
 
 
-BASELINE_FIELDS = ("property", "model", "dataset", "condition", "metric", "value")  # what a comparison reads
+def load_baseline(path: Path) -> Any:
+    """The ``--baseline`` report (clip_robustness.plugins.rows.Report), checked as every report reader checks it."""
+    from clip_robustness.plugins.rows import ReportError, load_report
+
+    try:
+        return load_report(path)
+    except ReportError as err:
+        raise ConfigError(f"--baseline {err}") from None
 
 
 def _check_baseline(path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"--baseline {path}: file not found (pass the robustness.json of an earlier run)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--baseline {path}: not a JSON report ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "run" not in data:
-        raise ConfigError(f"--baseline {path}: not a robustness.json report (needs 'run' and a 'results' list)")
-    for i, row in enumerate(data["results"]):
-        missing = [key for key in BASELINE_FIELDS if not isinstance(row, dict) or key not in row]
-        if missing:
-            raise ConfigError(f"--baseline {path}: results[{i}] lacks the field {missing[0]!r} (every row needs "
-                              f"{', '.join(BASELINE_FIELDS)}); pass a robustness.json written by this harness, "
-                              "or re-run the baseline model to write one")
-    sampled = next((r["samples"] for r in data["results"] if isinstance(r.get("samples"), str)), None)
+    report = load_baseline(path)
+    sampled = next((r.samples for r in report.rows if r.samples), None)
     if sampled and not (path.parent / sampled).parent.is_dir():
         raise ConfigError(f"--baseline {path}: its rows reference per-sample files ({sampled}) but "
                           f"{(path.parent / sampled).parent} is missing; copy the baseline report's samples/ folder "

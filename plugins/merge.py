@@ -10,7 +10,6 @@ and names the cell (two shards measured the same thing differently: a seed or ve
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 
 from clip_robustness.fixtures._io import atomic_write_text
 from clip_robustness.plugins.report import new_run_id, sort_rows
-
-KEY = ("property", "model", "dataset", "condition", "metric")
+from clip_robustness.plugins.rows import KEY_FIELDS, ReportError, load_report, row_key
 
 
 def shard_positions(keys: list[tuple[str, str]], index: int, count: int) -> set[int]:
@@ -39,13 +37,11 @@ class MergeError(ValueError):
 
 
 def _load(path: Path) -> dict[str, Any]:
+    """A shard's report as its JSON object, checked by clip_robustness.plugins.rows.load_report."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MergeError(f"{path}: not a readable JSON report ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "run" not in data:
-        raise MergeError(f"{path}: not a robustness.json report (needs 'run' and a 'results' list)")
-    return data
+        return load_report(path).to_json()
+    except ReportError as err:
+        raise MergeError(str(err)) from None
 
 
 def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
@@ -59,10 +55,10 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     origin: dict[tuple, Path] = {}
     for path, data in reports:
         for row in data["results"]:
-            key = tuple(row[k] for k in KEY)
+            key = row_key(row)
             if key in rows and not _same_value(rows[key], row):
                 raise MergeError(
-                    f"cell {dict(zip(KEY, key))} has value {rows[key]['value']} in {origin[key]} but "
+                    f"cell {dict(zip(KEY_FIELDS, key))} has value {rows[key]['value']} in {origin[key]} but "
                     f"{row['value']} in {path}: the shards disagree (different seed, data or versions?)")
             rows.setdefault(key, row)
             origin.setdefault(key, path)
@@ -90,9 +86,13 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
                     "started_at": d["run"].get("started_at"), "rows": len(d["results"]),
                     "shard": _shard_of(d)} for p, d in reports],
     }
-    merged = {"run": run, "results": sort_rows(list(rows.values()))}
-    atomic_write_text(out_dir / "robustness.json", json.dumps(merged, indent=1) + "\n")
-    from clip_robustness.plugins.html_report import write_html
+    from clip_robustness.plugins.export import report_text, strict_report, write_csv
+
+    # a shard written before reports were strict JSON may hold NaN
+    merged = strict_report({"run": run, "results": sort_rows(list(rows.values()))})
+    atomic_write_text(out_dir / "robustness.json", report_text(merged))
+    write_csv(merged, out_dir / "robustness.csv")
+    from clip_robustness.plugins.html import write_html
 
     write_html(merged, out_dir / "robustness.html")
     return merged

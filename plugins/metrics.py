@@ -58,6 +58,7 @@ __all__ = [
     "mcm_score",
     "mean_corruption_error",
     "metric_info",
+    "register_metric",
     "modality_gap",
     "msp_score",
     "negative_log_likelihood",
@@ -1210,6 +1211,10 @@ class MetricInfo:
     ``func`` computes it (None for quantities derived from other rows, e.g. ``accuracy_drop``).
     When ``func`` returns a dict, ``key`` names the entry holding this metric;
     ``correspondence_recall`` returns one value per pixel threshold and has ``key=None``.
+    ``recompute`` is ``(sample keys, statistic)``: how the metric is recomputed from a row's per-sample
+    arrays (``statistic(*(samples[k] for k in keys))``), so a baseline comparison
+    (clip_robustness.plugins.regression.compare) resamples the same items in both runs; without it the
+    comparison is unpaired and says so.
     """
 
     name: str
@@ -1219,35 +1224,81 @@ class MetricInfo:
     upper_bound: float
     description: str
     key: str | None = None
+    recompute: tuple[tuple[str, ...], Callable[..., float]] | None = None
 
 
 _INF = math.inf
 
+# Per-sample arrays a row's metric is recomputed from (docs/architecture.md, "Per-sample files").
+CLASSIFICATION_SAMPLES = ("logits", "labels")  # (N, C) float32 as used for the metric, (N,) int64
+OOD_SAMPLES = ("scores_in", "scores_out")  # (N,), (M,) float32, higher = more in-distribution
+
+
+def _top1_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+def _from_logits(fn: Callable[..., float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A probability metric recomputed from stored logits (softmax first; inputs were validated when recorded)."""
+    return lambda logits, labels: fn(softmax(logits, validate=False), labels, validate=False)
+
+
+def _agreement(logits: np.ndarray, canonical: np.ndarray) -> float:
+    """Factor property: intervened predictions equal to the canonical ones, on the same scenes."""
+    return float(np.mean(logits.argmax(1) == canonical.argmax(1)))
+
+
+def _accuracy_drop(logits: np.ndarray, canonical: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(canonical.argmax(1) == labels) - np.mean(logits.argmax(1) == labels))
+
+
+def _cue_conflict(key: str) -> tuple[tuple[str, ...], Callable[..., float]]:
+    """Shape-bias entries from the decisions on cue-conflict items (labels = shape class)."""
+    return (("logits", "labels", "texture_labels"),
+            lambda logits, shape, texture: shape_bias_score(logits.argmax(1), shape, texture, validate=False)[key])
+
+
+def _ood(fn: Callable[..., float]) -> tuple[tuple[str, ...], Callable[..., float]]:
+    return OOD_SAMPLES, partial(fn, validate=False)
+
+
 METRICS: dict[str, MetricInfo] = {info.name: info for info in [
-    MetricInfo("top1", top1_accuracy, True, 0.0, 1.0, "top-1 accuracy"),
+    MetricInfo("top1", top1_accuracy, True, 0.0, 1.0, "top-1 accuracy",
+               recompute=(CLASSIFICATION_SAMPLES, _top1_from_logits)),
     MetricInfo("ece", expected_calibration_error, False, 0.0, 1.0,
-               "expected calibration error, 15 equal-width bins"),
+               "expected calibration error, 15 equal-width bins",
+               recompute=(CLASSIFICATION_SAMPLES, _from_logits(expected_calibration_error))),
     MetricInfo("aece", adaptive_calibration_error, False, 0.0, 1.0,
-               "adaptive (equal-mass bins) expected calibration error"),
+               "adaptive (equal-mass bins) expected calibration error",
+               recompute=(CLASSIFICATION_SAMPLES, _from_logits(adaptive_calibration_error))),
     MetricInfo("mce", max_calibration_error, False, 0.0, 1.0,
-               "maximum calibration error over equal-width bins"),
-    MetricInfo("nll", negative_log_likelihood, False, 0.0, _INF, "negative log-likelihood (nats)"),
-    MetricInfo("brier", brier_score, False, 0.0, 2.0, "multi-class Brier score"),
-    MetricInfo("auroc", ood_auroc_score, True, 0.0, 1.0, "OOD AUROC, ID positive"),
-    MetricInfo("fpr95", fpr_at_tpr, False, 0.0, 1.0, "FPR on OOD at 95% TPR on ID"),
-    MetricInfo("aupr_in", aupr_in_score, True, 0.0, 1.0, "average precision, ID positive"),
-    MetricInfo("aupr_out", aupr_out_score, True, 0.0, 1.0, "average precision, OOD positive"),
+               "maximum calibration error over equal-width bins",
+               recompute=(CLASSIFICATION_SAMPLES, _from_logits(max_calibration_error))),
+    MetricInfo("nll", negative_log_likelihood, False, 0.0, _INF, "negative log-likelihood (nats)",
+               recompute=(CLASSIFICATION_SAMPLES, _from_logits(negative_log_likelihood))),
+    MetricInfo("brier", brier_score, False, 0.0, 2.0, "multi-class Brier score",
+               recompute=(CLASSIFICATION_SAMPLES, _from_logits(brier_score))),
+    MetricInfo("auroc", ood_auroc_score, True, 0.0, 1.0, "OOD AUROC, ID positive", recompute=_ood(ood_auroc_score)),
+    MetricInfo("fpr95", fpr_at_tpr, False, 0.0, 1.0, "FPR on OOD at 95% TPR on ID", recompute=_ood(fpr_at_tpr)),
+    MetricInfo("aupr_in", aupr_in_score, True, 0.0, 1.0, "average precision, ID positive",
+               recompute=_ood(aupr_in_score)),
+    MetricInfo("aupr_out", aupr_out_score, True, 0.0, 1.0, "average precision, OOD positive",
+               recompute=_ood(aupr_out_score)),
     MetricInfo("shape_bias", shape_bias_score, True, 0.0, 1.0,
                "shape / (shape + texture) decisions on cue-conflict images (higher = more "
-               "human-like)", key="shape_bias"),
+               "human-like)", key="shape_bias", recompute=_cue_conflict("shape_bias")),
     MetricInfo("shape_fraction", shape_bias_score, True, 0.0, 1.0,
-               "fraction of cue-conflict items classified by shape", key="shape_fraction"),
+               "fraction of cue-conflict items classified by shape", key="shape_fraction",
+               recompute=_cue_conflict("shape_fraction")),
     MetricInfo("texture_fraction", shape_bias_score, False, 0.0, 1.0,
-               "fraction of cue-conflict items classified by texture", key="texture_fraction"),
+               "fraction of cue-conflict items classified by texture", key="texture_fraction",
+               recompute=_cue_conflict("texture_fraction")),
     MetricInfo("consistency", consistency_rate, True, 0.0, 1.0,
-               "prediction unchanged under a single-factor intervention"),
+               "prediction unchanged under a single-factor intervention",
+               recompute=(("logits", "canonical_logits"), _agreement)),
     MetricInfo("accuracy_drop", None, False, -1.0, 1.0,
-               "clean accuracy minus accuracy under the condition (derived)"),
+               "clean accuracy minus accuracy under the condition (derived)",
+               recompute=(("logits", "canonical_logits", "labels"), _accuracy_drop)),
     MetricInfo("flip_rate", None, False, 0.0, 1.0,
                "fraction of correctly classified scenes for which a counterexample search found a "
                "factor change that flips the prediction (within its example budget)"),
@@ -1268,6 +1319,9 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in [
                "closer; a convention, the gap is not a quality score by itself)"),
     MetricInfo("correspondence_recall", correspondence_recall, True, 0.0, 1.0,
                "fraction of correspondences within a pixel threshold (one value per threshold)"),
+    MetricInfo("correspondence_gain", None, True, -1.0, 1.0,
+               "correspondence recall minus that of predicting the same image position, on the same points "
+               "(about 0 without 3D awareness beyond the image layout; derived)"),
     MetricInfo("lmm_accuracy", None, True, 0.0, 1.0,
                "LMM accuracy on the two-option question (true class vs the CLIP's own distractor)"),
     MetricInfo("clip_two_way_accuracy", None, True, 0.0, 1.0,
@@ -1280,6 +1334,27 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in [
                "fitted temperature-scaling T; informational (T > 1: overconfident), "
                "direction is nominal and it should not be gated"),
 ]}
+
+
+def register_metric(info: MetricInfo) -> None:
+    """Add a report metric defined outside this module (a project's own property, registered from its
+    conftest.py through clip_robustness.plugins.properties.register). Registering an equal entry again is a
+    no-op (a conftest imported twice); a different entry under a taken name is refused. Entries are
+    compared by what the report reads (direction, bounds, description, key), not by function identity.
+
+    >>> register_metric(METRICS["top1"])  # the same entry: nothing changes
+    """
+    if not isinstance(info, MetricInfo):
+        raise TypeError(f"register_metric() takes a MetricInfo, got {type(info).__name__}")
+    known = METRICS.get(info.name)
+    if known is not None and _declared(known) != _declared(info):
+        raise ValueError(f"metric {info.name!r} is already registered with another definition; "
+                         "pick another name for yours")
+    METRICS[info.name] = info
+
+
+def _declared(info: MetricInfo) -> tuple[Any, ...]:
+    return info.higher_is_better, info.lower_bound, info.upper_bound, info.description, info.key
 
 
 def metric_info(name: str) -> MetricInfo:

@@ -11,83 +11,48 @@ hundreds of cells at 5% each would flag noise somewhere in every run.
 """
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from clip_robustness.plugins import metrics as M
 from clip_robustness.plugins.config import Threshold
 from clip_robustness.plugins.gates import FAIL, INCONCLUSIVE, PASS, describe_cell
-
-ROW_KEY_FIELDS = ("property", "dataset", "condition", "metric")
-
-
-def _probs_metric(fn: Callable[..., float]) -> Callable[[np.ndarray, np.ndarray], float]:
-    return lambda logits, labels: fn(M.softmax(logits, validate=False), labels, validate=False)
-
-
-# metric -> (per-sample arrays it is recomputed from, statistic over those arrays)
-CLASSIFICATION = ("logits", "labels")
-OOD = ("scores_in", "scores_out")
-RECOMPUTE: dict[str, tuple[tuple[str, ...], Callable[..., float]]] = {
-    "top1": (CLASSIFICATION, lambda logits, labels: float(np.mean(logits.argmax(1) == labels))),
-    "ece": (CLASSIFICATION, _probs_metric(M.expected_calibration_error)),
-    "aece": (CLASSIFICATION, _probs_metric(M.adaptive_calibration_error)),
-    "mce": (CLASSIFICATION, _probs_metric(M.max_calibration_error)),
-    "nll": (CLASSIFICATION, _probs_metric(M.negative_log_likelihood)),
-    "brier": (CLASSIFICATION, _probs_metric(M.brier_score)),
-    "auroc": (OOD, partial(M.ood_auroc_score, validate=False)),
-    "fpr95": (OOD, partial(M.fpr_at_tpr, validate=False)),
-    "aupr_in": (OOD, partial(M.aupr_in_score, validate=False)),
-    "aupr_out": (OOD, partial(M.aupr_out_score, validate=False)),
-    # factor property: intervened logits beside the canonical ones, on the same scenes
-    "consistency": (("logits", "canonical_logits"),
-                    lambda logits, canon: float(np.mean(logits.argmax(1) == canon.argmax(1)))),
-    "accuracy_drop": (("logits", "canonical_logits", "labels"),
-                      lambda logits, canon, labels: float(np.mean(canon.argmax(1) == labels)
-                                                          - np.mean(logits.argmax(1) == labels))),
-    # shape_bias property: decisions on cue-conflict items (labels = shape class)
-    **{key: (("logits", "labels", "texture_labels"),
-             lambda logits, shape, texture, key=key: M.shape_bias_score(logits.argmax(1), shape, texture,
-                                                                        validate=False)[key])
-       for key in ("shape_bias", "shape_fraction", "texture_fraction")},
-}
-
+from clip_robustness.plugins.metrics import CLASSIFICATION_SAMPLES, OOD_SAMPLES, metric_info
+from clip_robustness.plugins.rows import load_report, row_key
 
 @dataclass
 class Baseline:
     """A parsed baseline report: rows indexed by cell, per-sample files read on demand."""
 
     path: Path
-    rows: dict[tuple, dict[str, Any]]
+    rows: dict[tuple, dict[str, Any]]  # clip_robustness.plugins.rows.row_key -> the row's JSON object
     models: set[str]
     model_map: dict[str, str] = field(default_factory=dict)  # candidate id -> baseline id
 
     @classmethod
     def load(cls, path: Path, model_map: dict[str, str]) -> "Baseline":
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows = {(r["model"], *(r[k] for k in ROW_KEY_FIELDS)): r for r in data["results"]}
-        return cls(Path(path), rows, {r["model"] for r in data["results"]}, model_map)
+        """The report at ``path``, read by clip_robustness.plugins.rows.load_report (checked at start by
+        clip_robustness.plugins.config, so a bad file never gets here)."""
+        rows = [r.to_json() for r in load_report(path).rows]
+        return cls(Path(path), {row_key(r): r for r in rows}, {r["model"] for r in rows}, model_map)
 
     def counterpart(self, row: dict[str, Any], *, templates: str = "openai") -> dict[str, Any] | None:
         """The baseline's cell for ``row``. A fine-tuned linear head (condition ``head=linear``) is
         compared with the baseline's zero-shot head under the run's first template set when the
         baseline has no linear head: the fine-tune scenario (a label-fine-tuned child vs its parent)."""
         model = self.model_map.get(row["model"], row["model"])
-        found = self.rows.get((model, *(row[k] for k in ROW_KEY_FIELDS)))
+        found = self.rows.get(row_key({**row, "model": model}))
         if found is None and "head=linear" in row["condition"]:
             from clip_robustness.fixtures.conditions import condition, parse_condition
 
             parts = parse_condition(row["condition"])
             del parts["head"]
             zero_shot = condition(**parts, templates=templates)
-            found = self.rows.get((model, row["property"], row["dataset"], zero_shot, row["metric"]))
+            found = self.rows.get(row_key({**row, "model": model, "condition": zero_shot}))
         return found
 
     def samples(self, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
@@ -133,11 +98,11 @@ def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row
     higher = bool(row["higher_is_better"])
     out: dict[str, Any] = {"baseline_model": base_row["model"], "baseline_value": base_row["value"],
                            "value": row["value"]}
-    recipe = RECOMPUTE.get(row["metric"])
+    recipe = metric_info(row["metric"]).recompute  # declared beside the metric (clip_robustness.plugins.metrics)
     paired = recipe is not None and samples is not None and base_samples is not None and \
         all(k in samples and k in base_samples for k in recipe[0]) and \
         all(samples[k].shape[0] == base_samples[k].shape[0] for k in recipe[0])
-    if paired and recipe[0] == CLASSIFICATION:
+    if paired and recipe[0] == CLASSIFICATION_SAMPLES:
         paired = bool(np.array_equal(samples["labels"], base_samples["labels"]))
     if not paired:
         # No aligned per-sample outputs: compare the two values with their CIs as independent estimates.
@@ -156,7 +121,7 @@ def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row
         delta, p = mcnemar_test(correct_c, correct_b, alternative="less")
         _, ci, _ = paired_bootstrap_delta(np.mean, (correct_c,), (correct_b,), seed=seed)
         out.update(method="McNemar exact (p) + paired bootstrap (CI)", delta=delta, ci=list(ci), p_value=p)
-    elif keys == OOD:
+    elif keys == OOD_SAMPLES:
         delta, ci, p = paired_two_group_delta(statistic, cand, base, seed=seed, higher_is_better=higher)
         out.update(method="paired stratified bootstrap", delta=delta, ci=list(ci), p_value=p)
     else:

@@ -8,7 +8,6 @@ one-line message on stderr for a missing or invalid file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,23 +24,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
-    try:
-        text = args.json.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return fail(f"{args.json}: no such file (pass the robustness.json of a run, e.g. reports/robustness.json)")
-    except (OSError, UnicodeDecodeError) as err:
-        return fail(f"{args.json}: cannot read it ({err})")
-    try:
-        report = json.loads(text)
-    except json.JSONDecodeError as err:
-        return fail(f"{args.json}: not valid JSON ({err})")
-
-    from clip_robustness.plugins.html_report import validate_report, write_html  # matplotlib loads only for a valid input
+    from clip_robustness.plugins.rows import ReportError, load_report
 
     try:
-        validate_report(report)
-    except ValueError as err:
-        return fail(f"{args.json}: not a robustness report: {err}")
+        report = load_report(args.json).to_json()
+    except ReportError as err:
+        return fail(str(err))
+
+    from clip_robustness.plugins.html import write_html  # matplotlib loads only for a valid input
+
     try:
         write_html(report, out, report_dir=args.json.parent)
     except OSError as err:

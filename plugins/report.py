@@ -32,10 +32,8 @@ from clip_robustness.plugins.config import RunConfig
 ROW_KEY, MODEL_KEY, CACHE_KEY = "rb_row", "rb_model", "rb_cache"
 PROBLEM_KEY = "rb_problem"  # a failed load, errored or failed test, shipped like rows (see problem_of)
 # The report folder: these entries are the run's unit, swapped in together at session end (ReportSession._swap).
-REPORT_ENTRIES = {"robustness.json": "file", "robustness.html": "file", "samples": "folder"}
+REPORT_ENTRIES = {"robustness.json": "file", "robustness.csv": "file", "robustness.html": "file", "samples": "folder"}
 LOCK_NAME, STAGING_PREFIX, RUN_ID_FILE = ".robustness.lock", ".staging-", "RUN_ID"
-ROW_FIELDS = ("property", "model", "dataset", "condition", "metric", "value", "ci", "n",
-              "higher_is_better", "gate", "test", "samples", "extra")
 PACKAGES = ("torch", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pytest", "pytest-xdist")
 # How far per-sample float32 arrays of two runs of one model may differ and still be "the same numbers"
 # (serial vs -n N, docs/architecture.md): torch's CPU kernels sum in an order that depends on the
@@ -96,7 +94,9 @@ def package_versions() -> dict[str, str | None]:
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stable order independent of test scheduling (so -n 2 and a serial run write the same JSON rows)."""
-    return sorted(rows, key=lambda r: (r["property"], r["model"], r["dataset"], r["condition"], r["metric"]))
+    from clip_robustness.plugins.rows import row_key
+
+    return sorted(rows, key=row_key)
 
 
 def new_run_id() -> str:
@@ -142,7 +142,7 @@ def problem_of(item: Any, call: Any, report: Any) -> dict[str, Any] | None:
     teardown) or a failure (call); None for gate failures, which the rows' verdicts already show."""
     import pytest
 
-    from clip_robustness.fixtures.pytest_fixtures import load_failure
+    from clip_robustness.plugins.state import load_failure
 
     err = call.excinfo.value
     # pytest.fail(..., pytrace=False) carries its sentence in .msg; anything else reads as "Type: message"
@@ -212,7 +212,7 @@ class ReportSession:
         self._lock = lock
 
     def pytest_collection_finish(self, session: Any) -> None:
-        from clip_robustness.plugins.robustness import collected_properties
+        from clip_robustness.plugins.properties import collected_properties
 
         if collected_properties(session):
             self.start()
@@ -225,7 +225,7 @@ class ReportSession:
             self._signal = Path(tempfile.mkdtemp(prefix="rb-suite-")) / "collected"
         node.workerinput["rb_staging"] = str(self.staging)
         node.workerinput["rb_suite_signal"] = str(self._signal)
-        from clip_robustness.plugins.robustness import THREADS
+        from clip_robustness.plugins.state import THREADS
 
         node.workerinput["rb_threads"] = list(self.pytest_config.stash[THREADS])  # one thread count per run
 
@@ -272,7 +272,7 @@ class ReportSession:
         return {"run": run, "results": sort_rows(self.rows)}
 
     def _threads(self) -> int | None:
-        from clip_robustness.plugins.robustness import THREADS
+        from clip_robustness.plugins.state import THREADS
 
         return self.pytest_config.stash[THREADS][0] if THREADS in self.pytest_config.stash else None
 
@@ -322,22 +322,26 @@ class ReportSession:
 
     def _write(self) -> None:
         """Render JSON, HTML and samples/ of this run in its staging folder, then swap them in."""
-        from clip_robustness.plugins.html_report import write_html
+        from clip_robustness.plugins.export import report_text, strict_report, write_csv
+        from clip_robustness.plugins.html import write_html
 
         data = self.build()
         self.add_outcome(data["run"])
+        data = strict_report(data)  # RFC 8259 JSON: a non-finite float is null, with what it was beside it
         stage, out = self.staging, self.report_dir
         atomic_write_text(stage / "samples" / RUN_ID_FILE, self.run_id + "\n")
-        atomic_write_text(stage / "robustness.json", json.dumps(data, indent=1, sort_keys=False, allow_nan=True) + "\n")
+        atomic_write_text(stage / "robustness.json", report_text(data))
+        write_csv(data, stage / "robustness.csv")
         write_html(data, stage / "robustness.html", report_dir=stage, cache_dir=self.config.cache_dir)
         # Renames only from here (nothing left to fail or take time): a kill while rendering leaves the old
         # report whole. The old samples/ goes into the staging folder, deleted with it.
         if (out / "samples").exists():
             os.rename(out / "samples", stage / "samples.old")
         os.rename(stage / "samples", out / "samples")
-        for name in ("robustness.html", "robustness.json"):
+        for name in ("robustness.html", "robustness.csv", "robustness.json"):
             os.replace(stage / name, out / name)
-        self.paths.update(json=out / "robustness.json", html=out / "robustness.html")
+        self.paths.update(json=out / "robustness.json", csv=out / "robustness.csv", html=out / "robustness.html")
+        self.pytest_config.hook.pytest_robustness_report(report=data, config=self.pytest_config)
 
     def add_outcome(self, run: dict[str, Any]) -> None:
         """Run id, problems and each model's status, so a report never lists a model as measured that was not."""

@@ -1,36 +1,21 @@
-"""The pytest plugin: options, markers, header, record transport and gate wiring. Work lives elsewhere.
+"""The pytest plugin: options, markers, header, gate failures at the end of a test. Work lives elsewhere.
 
+The markers come from the property registry (clip_robustness.plugins.properties); the fixtures
+(clip_robustness.fixtures.pytest_fixtures) hand the ``record`` fixture's Recorder its channel
+(clip_robustness.plugins.recorder); per-process state is stashed under clip_robustness.plugins.state's keys.
 Heavy modules (torch, open_clip) are imported lazily by the fixtures, never at plugin import.
 """
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clip_robustness.plugins.config import ConfigError, RunConfig, build_config
-
-RB_CONFIG = pytest.StashKey[RunConfig]()
-GATE_FAILURES = pytest.StashKey[list]()
-CACHE_SNAPSHOT = pytest.StashKey[tuple]()
-THREADS = pytest.StashKey[tuple]()  # (torch CPU threads per process, why), chosen once on the controller
-
-# Each property is a marker (so `-m ood` and `-k ood` both select it) and a robustness_tests module.
-PROPERTIES = {
-    "accuracy": "zero-shot top-1, clean and under natural shift",
-    "factor": "visual-factor invariance (exact interventions, ImageNet-X)",
-    "shape_bias": "shape vs texture decisions on cue-conflict images",
-    "calibration": "ECE / NLL / Brier before and after temperature scaling",
-    "ood": "OOD detection: MCM, MSP, energy, max-logit; AUROC, FPR95, AUPR",
-    "retrieval": "image-text retrieval under image corruption and caption perturbation",
-    "corruption2d": "ImageNet-C style corruptions x 5 severities",
-    "corruption3d": "depth-aware 3D corruptions x 5 severities",
-    "multiview": "3D awareness: dense correspondence across views, multi-view consistency",
-    "lmm": "LMM built on the CLIP tower vs the CLIP alone",
-}
+from clip_robustness.plugins.properties import PROPERTIES, collected_properties
+from clip_robustness.plugins.state import CACHE_SNAPSHOT, GATE_FAILURES, RB_CONFIG, THREADS, process_cache
 
 
 # Wherever the plugin runs (this repository or a team's), a user's measurement never fails on a library's
@@ -54,8 +39,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("robustness", "CLIP robustness gate")
     group.addoption("--model", action="append", default=[], dest="rb_models", metavar="SPEC",
-                    help="model to gate, repeatable: ARCH:TAG, ARCH@PATH, hf-hub:ORG/NAME, embedded:NAME, "
-                         "optionally ';key=value' metadata. Default: the embedded zoo.")
+                    help="model to gate, repeatable: ARCH:TAG, ARCH@PATH, hf-hub:ORG/NAME, local-dir:PATH, "
+                         "embedded:NAME, optionally ';key=value' metadata. Default: the embedded zoo.")
     group.addoption("--data", action="append", default=[], dest="rb_data", metavar="NAME=PATH",
                     help="real dataset for a property, repeatable (imagenet=, imagenet-v2=, ood:NAME=, ...)")
     group.addoption("--thresholds", dest="rb_thresholds", metavar="PATH",
@@ -100,8 +85,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, help_text in PROPERTIES.items():
-        config.addinivalue_line("markers", f"{name}: robustness property - {help_text}")
+    # Each property is a marker (so `-m ood` and `-k ood` both select it) and a robustness_tests module.
+    for prop in PROPERTIES.values():
+        config.addinivalue_line("markers", f"{prop.name}: robustness property - {prop.description}")
     for line in WARNING_FILTERS:
         config.addinivalue_line("filterwarnings", line)
     try:
@@ -139,6 +125,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.is_registered(pytest_fixtures):
         config.pluginmanager.register(pytest_fixtures, "robustness-fixtures")
+    from clip_robustness.plugins.progress import ProgressPlugin  # per-test progress, every process
+
+    config.pluginmanager.register(ProgressPlugin(config), "robustness-progress")
     if not hasattr(config, "workerinput"):  # the report is assembled on the controller only
         from clip_robustness.plugins.report import ReportSession
 
@@ -251,71 +240,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for i, item in enumerate(items) if i in keep]
 
 
-def collected_properties(session: pytest.Session) -> bool:
-    """Whether this run runs the robustness suite: a test carrying a property marker was collected (and
-    not deselected). Only then is a report written, even one that measured nothing."""
-    return not session.config.option.collectonly and any(
-        mark.name in PROPERTIES for item in session.items for mark in item.iter_markers())
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist sends the worker's collection (node ids only) to the controller
 def pytest_collection_finish(session: pytest.Session) -> None:
     signal = getattr(session.config, "workerinput", {}).get("rb_suite_signal")
     if signal and collected_properties(session):
         Path(signal).touch()  # the controller claims the report folder (clip_robustness.plugins.report.ReportSession.start)
-
-
-def property_of(item: pytest.Item) -> str:
-    for mark in item.iter_markers():
-        if mark.name in PROPERTIES:
-            return mark.name
-    raise pytest.UsageError(
-        f"{item.nodeid} records metrics but carries no property marker; add e.g. "
-        f"`pytestmark = pytest.mark.ood` (known: {', '.join(PROPERTIES)})"
-    )
-
-
-def gate_row(config: pytest.Config, item: pytest.Item, row: dict[str, Any],
-             comparison: dict[str, Any] | None = None) -> None:
-    """Attach the bound (and, with a baseline, regression) verdicts to ``row``; failures are raised
-    at the end of the test so every metric of the test is recorded first."""
-    from clip_robustness.plugins.gates import FAIL, INCONCLUSIVE, InconclusiveGateWarning, bound_verdict, select_threshold
-
-    rb = config.stash[RB_CONFIG]
-    gates = []
-    rule = config.hook.pytest_robustness_threshold(config=config, row=row) or select_threshold(rb.thresholds, row)
-    if rule is not None and (rule.min is not None or rule.max is not None):
-        gates.append(bound_verdict(row, rule))
-    if comparison is not None:
-        row["extra"]["comparison"] = comparison
-        drop_rule = select_threshold(rb.thresholds, row, kind="regression")
-        if drop_rule is not None:
-            from clip_robustness.plugins.regression import regression_verdict
-
-            gates.append(regression_verdict(row, comparison, drop_rule))
-    if not gates:
-        return
-    order = {FAIL: 0, INCONCLUSIVE: 1}
-    row["gate"] = min(gates, key=lambda g: order.get(g["verdict"], 2))  # the worst verdict speaks for the row
-    if len(gates) > 1:
-        row["extra"]["gates"] = gates
-    for gate in gates:
-        if gate["verdict"] == FAIL or (gate["verdict"] == INCONCLUSIVE and rb.strict):
-            item.stash.setdefault(GATE_FAILURES, []).append(gate["message"])
-        elif gate["verdict"] == INCONCLUSIVE:
-            warnings.warn(InconclusiveGateWarning(gate["message"]), stacklevel=2)
-
-
-def ship_row(item: pytest.Item, row: dict[str, Any]) -> None:
-    from clip_robustness.plugins.report import ROW_KEY
-
-    item.user_properties.append((ROW_KEY, json.dumps(row, allow_nan=True)))
-
-
-def ship_model(item: pytest.Item, model_id: str, info: dict[str, Any]) -> None:
-    from clip_robustness.plugins.report import MODEL_KEY
-
-    item.user_properties.append((MODEL_KEY, json.dumps({"id": model_id, "info": info})))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -339,8 +268,6 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    from clip_robustness.fixtures.pytest_fixtures import process_cache
-
     cache = process_cache(item.config)
     item.stash[CACHE_SNAPSHOT] = (cache.hits, cache.misses)
 
@@ -355,7 +282,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         if problem is not None:
             report.user_properties.append((PROBLEM_KEY, json.dumps(problem)))
     if call.when == "teardown" and CACHE_SNAPSHOT in item.stash:
-        from clip_robustness.fixtures.pytest_fixtures import process_cache
         from clip_robustness.plugins.report import CACHE_KEY
 
         cache = process_cache(item.config)

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 from clip_robustness.fixtures.conditions import condition
-from clip_robustness.fixtures.corruptions2d import (ALL_FAMILIES, FAMILIES, SEVERITIES, Cell, cell_logits, corruption_condition,
-                                    corruption_folder_cells, interval_or_none, record_corruption_grid)
+from clip_robustness.fixtures.corruption_cells import (Cell, cell_logits, corruption_condition, corruption_folder_cells,
+                                                      interval_or_none, record_corruption_grid)
+from clip_robustness.fixtures.corruptions2d import ALL_FAMILIES, FAMILIES, SEVERITIES
 from clip_robustness.fixtures.embed import head_choices
 from clip_robustness.fixtures.real_data import IMAGEFOLDER_PREFIX, load_real_set, parametrize_real_sets, real_templates
 from clip_robustness.plugins.metrics import UndefinedMetricWarning, mean_corruption_error

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import pytest
 
-from clip_robustness.fixtures.corruptions2d import SEVERITIES, Cell, corruption_folder_cells, record_corruption_grid
-from clip_robustness.fixtures.corruptions3d import FAMILIES_3D, corruption3d_condition, folder_depth_source, world_depth_source
+from clip_robustness.fixtures.corruption_cells import (Cell, corruption3d_condition, corruption_folder_cells,
+                                                      folder_depth_source, record_corruption_grid, world_depth_source)
+from clip_robustness.fixtures.corruptions2d import SEVERITIES
+from clip_robustness.fixtures.corruptions3d import FAMILIES_3D
 from clip_robustness.fixtures.embed import head_choices
 from clip_robustness.fixtures.real_data import load_real_set, parametrize_real_sets
 from clip_robustness.fixtures.world import FOV_DEG

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 from clip_robustness.fixtures.conditions import condition
-from clip_robustness.fixtures.corruptions2d import corruption_condition
-from clip_robustness.fixtures.corruptions3d import corruption3d_condition, world_depth_source
+from clip_robustness.fixtures.corruption_cells import corruption3d_condition, corruption_condition, world_depth_source
 from clip_robustness.fixtures.embed import image_embeddings, text_embeddings
 from clip_robustness.fixtures.real_data import parametrize_real_sets
 from clip_robustness.fixtures.retrieval_data import (KARPATHY_SETS, PERTURBATIONS, CaptionSet, karpathy_caption_set,

@@ -23,15 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 def world_images(n: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     from PIL import Image
 
-    from clip_robustness.fixtures.corruptions3d import world_depth_source
+    from clip_robustness.fixtures.corruption_cells import world_depth_source
+    from clip_robustness.fixtures.corruptions3d import fit_depth
     from clip_robustness.fixtures.datasets import world_dataset
 
     ds = world_dataset("test", n=n)
     images, depths = ds.images(), world_depth_source(ds)(ds.item_ids)
     if size != images[0].shape[0]:
         images = [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC)) for im in images]
-        idx = (np.arange(size) * depths[0].shape[0] / size).astype(int)
-        depths = [d[idx][:, idx] for d in depths]
+        depths = [fit_depth(d, (size, size)) for d in depths]
     return images, depths, list(ds.item_ids)
 
 

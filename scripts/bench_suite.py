@@ -42,12 +42,12 @@ BUCKETS: dict[str, list[tuple[str, str]]] = {
                 ("clip_robustness.fixtures.models", "LoadedModel.encode_texts")],
     "render": [("clip_robustness.fixtures.datasets", "render_specs"), ("clip_robustness.fixtures.world.renderer", "render"),
                ("clip_robustness.fixtures.world.renderer", "render_batch"), ("clip_robustness.fixtures.world.renderer", "render_views")],
-    "corruption": [("clip_robustness.fixtures.corruptions2d", "CorruptionTransform.__call__"), ("clip_robustness.fixtures.corruptions2d", "corrupt"),
-                   ("clip_robustness.fixtures.corruptions3d", "Corruption3DTransform.__call__"), ("clip_robustness.fixtures.corruptions3d", "corrupt3d")],
+    "corruption": [("clip_robustness.fixtures.corruption_cells", "CorruptionTransform.__call__"), ("clip_robustness.fixtures.corruptions2d", "corrupt"),
+                   ("clip_robustness.fixtures.corruption_cells", "Corruption3DTransform.__call__"), ("clip_robustness.fixtures.corruptions3d", "corrupt3d")],
     "bootstrap": [("clip_robustness.fixtures.pytest_fixtures", "_cached_interval"), ("clip_robustness.plugins.stats", "bootstrap_ci"),
                   ("clip_robustness.plugins.stats", "bootstrap_ci_two_sample"), ("clip_robustness.plugins.stats", "paired_bootstrap_delta")],
     "lmm": [("clip_robustness.fixtures.lmm.protocol", "run_protocol")],
-    "html": [("clip_robustness.plugins.html_report", "write_html")],
+    "html": [("clip_robustness.plugins.html.page", "write_html")],
 }
 _totals: dict[str, dict[str, float]] = {b: {"seconds": 0.0, "worker_seconds": 0.0, "calls": 0} for b in BUCKETS}
 _probe: dict = {"first_test_at": None, "overhead_s": 0.0, "images": {}}

@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# RB_EXTRAS="imagenet-x" also installs optional extras (CI uses it to cross-check against the ImageNet-X toolkit)
-mapfile -t deps < <(RB_EXTRAS="${RB_EXTRAS:-}" .venv/bin/python -c '
+# This repository always gets the extras its README commands and tests use: lmm (transformers, for the lmm
+# property) and test (jsonschema). RB_EXTRAS="imagenet-x" adds more (CI: the ImageNet-X toolkit cross-check).
+mapfile -t deps < <(RB_EXTRAS="lmm,test,${RB_EXTRAS:-}" .venv/bin/python -c '
 import os, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 deps = list(project["dependencies"])
-for extra in filter(None, os.environ["RB_EXTRAS"].split(",")):
+for extra in dict.fromkeys(filter(None, os.environ["RB_EXTRAS"].split(","))):
     deps += project["optional-dependencies"][extra]
 print("\n".join(deps))')
 .venv/bin/python -m pip install -q --disable-pip-version-check "${deps[@]}"

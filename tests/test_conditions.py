@@ -24,6 +24,13 @@ def test_syntax_characters_in_a_class_name_are_escaped():
 
 
 def test_the_html_report_uses_the_same_parser():
-    import clip_robustness.plugins.html_report as html
+    import importlib
+    import pkgutil
 
-    assert html.parse_condition is parse_condition and html.join_condition is join_condition
+    import clip_robustness.plugins.html as html
+
+    modules = [importlib.import_module(f"{html.__name__}.{m.name}") for m in pkgutil.iter_modules(html.__path__)]
+    parsers = {m.__name__: (vars(m).get("parse_condition"), vars(m).get("join_condition")) for m in modules}
+    assert any(p is parse_condition for p, _ in parsers.values())  # the report does parse conditions
+    for name, (parse, join) in parsers.items():
+        assert parse in (None, parse_condition) and join in (None, join_condition), name

@@ -10,6 +10,7 @@ from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 from scipy import ndimage as ndi
 
+from clip_robustness.fixtures import corruption_cells
 from clip_robustness.fixtures import corruptions2d as c2d
 from clip_robustness.fixtures import corruptions3d as c3d
 from clip_robustness.fixtures.corruptions2d import ALL_FAMILIES, EXTRA_FAMILIES, FAMILIES, corrupt
@@ -90,7 +91,7 @@ def world_images():
     from clip_robustness.fixtures.datasets import world_dataset
 
     ds = world_dataset("test", n=6)
-    return ds.images(), c3d.world_depth_source(ds)(ds.item_ids)
+    return ds.images(), corruption_cells.world_depth_source(ds)(ds.item_ids)
 
 
 @pytest.mark.parametrize("name", [f for f in ALL_FAMILIES if f not in NOT_MONOTONE_IN_PIXELS] + list(FAMILIES_3D))
@@ -112,9 +113,9 @@ def test_pixel_distance_grows_with_severity(name, world_images):
 def test_transform_output_does_not_depend_on_the_batch():
     imgs = [scene(seed=s) for s in range(3)]
     ids = ["i0", "i1", "i2"]
-    fn = c2d.CorruptionTransform("shot_noise", 2)
+    fn = corruption_cells.CorruptionTransform("shot_noise", 2)
     together = fn(imgs, ids)
-    alone = c2d.CorruptionTransform("shot_noise", 2)(imgs[2:], ids[2:])
+    alone = corruption_cells.CorruptionTransform("shot_noise", 2)(imgs[2:], ids[2:])
     np.testing.assert_array_equal(together[2], alone[0])
 
 
@@ -278,25 +279,38 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_conditions_have_canonical_specs_and_reuse_corrupted_pixels():
-    cond = c2d.corruption_condition("fog", 3)
+    cond = corruption_cells.corruption_condition("fog", 3)
     assert cond.spec == f"corruption=fog;impl={c2d.IMPL_VERSION};severity=3"
     imgs, ids = [scene()], ["memo-test-item"]
     first = cond(imgs, ids)
-    again = c2d.corruption_condition("fog", 3)
+    again = corruption_cells.corruption_condition("fog", 3)
     assert again(imgs, ids) is first and again.fn.images == 0  # served from the per-process memo
     assert cond.fn.images == 1 and cond.fn.seconds > 0
-    c3 = c3d.corruption3d_condition("near_focus", 2, lambda ids: [two_plane_depth()] * len(ids), depth_key="k1")
+    c3 = corruption_cells.corruption3d_condition("near_focus", 2, lambda ids: [two_plane_depth()] * len(ids),
+                                                 depth_key="k1")
     assert "depth=k1" in c3.spec and "severity=2" in c3.spec
-    assert "depth" not in c3d.corruption3d_condition("iso_noise", 2).spec
+    assert "depth" not in corruption_cells.corruption3d_condition("iso_noise", 2).spec
     with pytest.raises(ValueError, match="needs depth maps"):
-        c3d.corruption3d_condition("fog_3d", 2)([scene()], ["x"])
+        corruption_cells.corruption3d_condition("fog_3d", 2)([scene()], ["x"])
 
 
-def test_memo_is_bounded_in_bytes():
-    memo = c2d.ImageMemo(max_bytes=3 * 64 * 64 * 3)
-    for k in range(5):
-        memo.get_or_compute(("k", k), lambda: [scene()])
-    assert memo._bytes <= memo.max_bytes and ("k", 4) in memo._items and ("k", 0) not in memo._items
+def test_fit_depth_resizes_by_nearest_neighbour():
+    depth = np.arange(6, dtype=np.float64).reshape(2, 3)
+    assert c3d.fit_depth(depth, (2, 3, 3)) is depth
+    np.testing.assert_array_equal(c3d.fit_depth(depth, (4, 6, 3)), np.kron(depth, np.ones((2, 2))))
+    np.testing.assert_array_equal(c3d.fit_depth(np.kron(depth, np.ones((2, 2))), (2, 3)), depth)
+
+
+def test_pixel_libraries_import_nothing_of_the_harness():
+    """corruptions2d/3d are pure image code: importing them loads no other harness module, pytest or torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, clip_robustness.fixtures.corruptions3d; print(sorted(m for m in sys.modules if "
+            "m.startswith(('clip_robustness.', 'pytest', '_pytest', 'torch'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == str(["clip_robustness.fixtures", "clip_robustness.fixtures.corruptions2d",
+                                  "clip_robustness.fixtures.corruptions3d"])
 
 
 def test_world_depth_source_re_renders_the_depth_of_each_item():
@@ -304,11 +318,11 @@ def test_world_depth_source_re_renders_the_depth_of_each_item():
     from clip_robustness.fixtures.world import SceneSpec, render_batch
 
     ds = world_dataset("test", n=3)
-    maps = c3d.world_depth_source(ds)(list(reversed(ds.item_ids)))
+    maps = corruption_cells.world_depth_source(ds)(list(reversed(ds.item_ids)))
     _, depth = render_batch([SceneSpec.from_dict(m) for m in ds.meta])
     np.testing.assert_array_equal(maps[0], depth[2])
     with pytest.raises(ValueError, match="world datasets"):
-        c3d.world_depth_source(ds.__class__("x", ("a",), np.zeros(1, int), ("i",), loader=lambda i: []))
+        corruption_cells.world_depth_source(ds.__class__("x", ("a",), np.zeros(1, int), ("i",), loader=lambda i: []))
 
 
 def test_folder_depth_source_reads_npy_metres_and_png_in_512ths(tmp_path):
@@ -324,12 +338,12 @@ def test_folder_depth_source_reads_npy_metres_and_png_in_512ths(tmp_path):
     raw[0, 0] = 0
     Image.fromarray(raw).save(depth / "cls" / "b.png")
     ds = image_folder("mine", images)
-    load, digest = c3d.folder_depth_source(ds, depth)
+    load, digest = corruption_cells.folder_depth_source(ds, depth)
     a, b = load(ds.item_ids)
     assert np.all(a == 3.0) and b[1, 1] == 2.0 and np.isinf(b[0, 0]) and len(digest) == 16
     (depth / "cls" / "b.png").unlink()
     with pytest.raises(DatasetError, match="no depth map for cls/b.png"):
-        c3d.folder_depth_source(ds, depth)
+        corruption_cells.folder_depth_source(ds, depth)
 
 
 def test_corruption_folder_cells_read_the_published_layout(tmp_path):
@@ -339,8 +353,8 @@ def test_corruption_folder_cells_read_the_published_layout(tmp_path):
         folder = tmp_path / family / str(severity) / "n01440764"
         folder.mkdir(parents=True)
         Image.fromarray(scene((32, 32))).save(folder / "x.JPEG")
-    cells = c2d.corruption_folder_cells("imagenet-c", tmp_path, ALL_FAMILIES, limit=None)
+    cells = corruption_cells.corruption_folder_cells("imagenet-c", tmp_path, ALL_FAMILIES, limit=None)
     assert sorted((c.family, c.severity) for c in cells) == [("defocus_blur", 2), ("fog", 1), ("fog", 3)]
     assert cells[0].dataset.labels.tolist() == [0] and cells[0].condition is None
     with pytest.raises(DatasetError, match="found none"):
-        c2d.corruption_folder_cells("imagenet-3dcc", tmp_path, DEPTH_FAMILIES, limit=None)
+        corruption_cells.corruption_folder_cells("imagenet-3dcc", tmp_path, DEPTH_FAMILIES, limit=None)

@@ -141,7 +141,7 @@ def test_classes_with_the_same_name_are_labelled_by_wnid(tmp_path, monkeypatch):
     """Case 5: every image is labelled with its own folder's class index, never via its (repeated) name."""
     import clip_robustness.fixtures.datasets
     from clip_robustness.fixtures import imagenet_x
-    from clip_robustness.fixtures.corruptions2d import corruption_folder_cells
+    from clip_robustness.fixtures.corruption_cells import corruption_folder_cells
 
     for wnid, index in SAME_NAME_WNIDS.items():
         for k in range(2):
@@ -195,7 +195,7 @@ def test_published_layout_quirks(tmp_path):
 
 def test_limit_spreads_over_classes_in_every_real_set(tmp_path):
     """Case 13: --limit on class-sorted folders covers the classes (round-robin), deterministically."""
-    from clip_robustness.fixtures.corruptions2d import corruption_folder_cells
+    from clip_robustness.fixtures.corruption_cells import corruption_folder_cells
     from clip_robustness.fixtures.cue_conflict import cue_conflict_dataset
     from clip_robustness.fixtures.real_data import load_real_set
 

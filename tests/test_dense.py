@@ -21,14 +21,25 @@ def images(n: int, size: int = 64) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-@pytest.mark.parametrize("arch, grid, channels, layer", [("world-rn-tiny", 2, 512, "resnet:layer4"),
-                                                         ("world-vit-tiny", 8, 128, "vit:last-block-tokens")])
-def test_dense_feature_shapes_and_stride(tiny_models, arch, grid, channels, layer):
-    feats = dense_features(tiny_models[arch], images(3))
+@pytest.mark.parametrize("arch, size, grid, channels, layer", [
+    ("world-rn-tiny", 64, 4, 256, "resnet:layer3"), ("world-rn-tiny", 128, 8, 256, "resnet:layer3"),
+    ("world-vit-tiny", 64, 8, 128, "vit:last-block-tokens"), ("world-vit-tiny", 128, 8, 128, "vit:last-block-tokens")])
+def test_dense_feature_shapes_and_stride(tiny_models, arch, size, grid, channels, layer):
+    """A ResNet sees the image at its own size (layer3: stride 16); a ViT at the model's 64 px."""
+    feats = dense_features(tiny_models[arch], images(3, size))
     assert feats.features.shape == (3, grid, grid, channels) and feats.features.dtype == np.float32
-    assert feats.stride == 64 / grid and feats.layer == layer and np.isfinite(feats.features).all()
-    one = dense_features(tiny_models[arch], images(3)[1:2])  # a batch does not change an image's features
+    assert feats.stride == size / grid and feats.layer == layer and np.isfinite(feats.features).all()
+    one = dense_features(tiny_models[arch], images(3, size)[1:2])  # a batch does not change an image's features
     np.testing.assert_allclose(one.features[0], feats.features[1], rtol=1e-4, atol=1e-5)
+
+
+def test_dense_feature_stages(tiny_models):
+    rn, vit = tiny_models["world-rn-tiny"], tiny_models["world-vit-tiny"]
+    assert dense_features(rn, images(1), stage="layer4").features.shape == (1, 2, 2, 512)
+    assert dense_features(rn, images(1), stage="layer2").features.shape == (1, 8, 8, 128)
+    assert dense_features(vit, images(1), stage="block-1").layer == "vit:block-1-tokens"
+    with pytest.raises(ValueError, match="unknown stage 'layer9'.*layer1"):
+        dense_features(rn, images(1), stage="layer9")
 
 
 def test_vit_tokens_are_the_last_block_output(tiny_models):
@@ -138,3 +149,71 @@ def test_view_angle_and_object_pixels():
     mask = np.zeros((4, 5), int)
     mask[1, 3] = mask[2, 0] = 1
     np.testing.assert_array_equal(object_pixels(mask), [[3.0, 1.0], [0.0, 2.0]])
+
+
+# ----------------------------------------------------------------------------- the multi-view headline
+
+
+@pytest.fixture(scope="module")
+def multiview_scenes():
+    """The correspondence set of the multiview property: 40 test scenes, 5 views each, at 128 px."""
+    from clip_robustness.fixtures.datasets import world_dataset
+    from clip_robustness.fixtures.multiview import render_multiview
+    from clip_robustness.fixtures.world import SceneSpec
+
+    scenes = world_dataset("test", n=40)
+    seeds = [int(item.rsplit(":", 1)[1]) for item in scenes.item_ids]
+    return scenes, render_multiview([SceneSpec.from_dict(m) for m in scenes.meta], seeds, 128)
+
+
+def _headline(renders, keys, grids, stride, threshold, angles=(0.0, 120.0)):
+    from clip_robustness.fixtures.multiview import match_view_pairs, score_pairs
+
+    pairs = [p for p in match_view_pairs(renders, grids, stride, keys) if angles[0] <= p.angle < angles[1]]
+    return score_pairs(pairs, threshold, seed=0)
+
+
+def _rn_clip_grids(renders):
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
+
+    dense = dense_features(load_model(parse_model_spec("embedded:rn-clip")), [v.rgb for vs in renders for v in vs])
+    return dense.features.reshape(len(renders), len(renders[0]), *dense.features.shape[1:]), dense.stride
+
+
+def _shuffled(grids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each image's grid cells in a random order of their own (S, V, h, w, C): the features keep their
+    statistics but lose where they were."""
+    rng = np.random.default_rng(seed)
+    s, v, h, w, c = grids.shape
+    flat = grids.reshape(s * v, h * w, c)
+    return np.stack([cells[rng.permutation(h * w)] for cells in flat]).reshape(grids.shape)
+
+
+def test_position_only_features_score_zero_gain(multiview_scenes):
+    """Features that encode only the image position (the same in every view): no 3D awareness, so the
+    headline is zero within its CI at every threshold, although their recall is far above chance."""
+    scenes, renders = multiview_scenes
+    grid = positional_grid(128, np.zeros(2), scale=0.5)  # (128, 128, 256)
+    grids = np.broadcast_to(grid, (len(renders), len(renders[0]), *grid.shape))
+    for t in (4.0, 8.0, 16.0):
+        sc = _headline(renders, scenes.item_ids, grids, 1.0, t)
+        assert sc.gain_ci[0] <= 0.0 <= sc.gain_ci[1] and abs(sc.gain) < 0.01, (t, sc)
+        assert sc.recall > sc.chance + 0.05, (t, sc)
+
+
+def test_shuffled_rn_clip_features_lose_their_gain(multiview_scenes):
+    """rn-clip with each image's dense features spatially shuffled (a fixed seed): where position says
+    nothing (views 90-120 degrees apart, at which same-position recall is at chance level) its headline is
+    zero within its CI. Over all pairs its recall is at about chance, below same position, so the headline
+    is below zero (the gain does not reward features that carry nothing), while the real rn-clip's is
+    above zero."""
+    scenes, renders = multiview_scenes
+    grids, stride = _rn_clip_grids(renders)
+    shuffled = _shuffled(grids)
+    for t in (4.0, 8.0, 16.0):
+        wide = _headline(renders, scenes.item_ids, shuffled, stride, t, angles=(90.0, 120.0))
+        assert wide.gain_ci[0] <= 0.0 <= wide.gain_ci[1], (t, wide)
+        every = _headline(renders, scenes.item_ids, shuffled, stride, t)
+        assert every.gain_ci[1] < 0.0, (t, every)
+    real = _headline(renders, scenes.item_ids, grids, stride, 4.0)
+    assert real.gain_ci[0] > 0.0, real

@@ -16,8 +16,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from clip_robustness.fixtures.conditions import condition
-from clip_robustness.plugins.html_report import (LMM_CLASSES_PER_PANEL, MAX_FIGURES, higher_is_better, lmm_help_hurt,
-                                 render_html, validate_report, write_html)
+from clip_robustness.plugins.html import (MAX_FIGURES, higher_is_better, plot_function, render_html, validate_report,
+                                         write_html)
+from clip_robustness.plugins.html.lmm import LMM_CLASSES_PER_PANEL, lmm_help_hurt
+from clip_robustness.plugins.properties import PROPERTIES, PROPERTY_LIST
 from clip_robustness.plugins.render import main as render_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,6 +388,37 @@ def test_property_sections_follow_the_documented_order(rendered):
     assert ood_groups == ["score = mcm", "score = msp"]
 
 
+def test_sections_take_order_and_titles_from_the_property_registry(rendered):
+    _, _, _, tree = rendered
+    titles = {s.attrs["data-property"]: s.iter("h2")[0].text[0].strip() for s in tree.root.find("section")
+              if "data-property" in s.attrs}
+    shown = [p for p in PROPERTY_LIST if p.name in titles]
+    assert [p.name for p in shown] == [p for p in titles if p in PROPERTIES]  # registry order, unknown ones after
+    assert {p.name: titles[p.name] for p in shown} == {p.name: p.title for p in shown}
+    assert titles["zz_custom"] == "zz_custom"  # a property the registry does not know: its own name, table only
+
+
+def test_every_registered_view_resolves_to_a_plot_function(tmp_path):
+    from clip_robustness.plugins.html.figures import ModelStyles, SampleStore, SectionContext
+
+    for prop in PROPERTY_LIST:
+        view = plot_function(prop.name)
+        assert (view is None) == (prop.view == ""), prop.name
+        if view is not None:  # a plot function: a section's context in, a list of figure candidates out
+            ctx = SectionContext(prop.name, [], [], {}, SampleStore(tmp_path), ModelStyles([]))
+            assert callable(view) and view(ctx) == [], prop.name
+    assert plot_function("zz_custom") is None
+
+
+def test_a_broken_view_path_is_named(monkeypatch):
+    import dataclasses
+
+    broken = dataclasses.replace(PROPERTIES["accuracy"], view="clip_robustness.plugins.html.nowhere:plots")
+    monkeypatch.setitem(PROPERTIES, "accuracy", broken)
+    with pytest.raises(ValueError, match=r"^property 'accuracy': its view '.*nowhere:plots' .* cannot be imported"):
+        plot_function("accuracy")
+
+
 def test_metric_direction_comes_from_the_registry(rendered):
     report, _, _, tree = rendered
     assert higher_is_better("ece", {"higher_is_better": True}) is False  # the registry wins over the row
@@ -562,14 +595,14 @@ def test_lmm_summary_quotes_the_loglik_gain(lmm_rendered):
 def test_figures_of_an_unchanged_report_come_from_the_cache(tmp_path, monkeypatch):
     """Issue 14: a warm re-render draws no figure and writes the same bytes as a render without the
     cache (notes of missing/corrupt sample files included); a changed row never hits."""
-    from clip_robustness.plugins import html_report
+    from clip_robustness.plugins.html import figures
 
     report_dir, cache = tmp_path / "rep", tmp_path / "cache"
     report_dir.mkdir()
     report = build_report(report_dir)
     drawn: list[str] = []
-    draw = html_report.FigureRenderer._draw
-    monkeypatch.setattr(html_report.FigureRenderer, "_draw",
+    draw = figures.FigureRenderer._draw
+    monkeypatch.setattr(figures.FigureRenderer, "_draw",
                         staticmethod(lambda plot, salt, ctx: drawn.append(plot.title) or draw(plot, salt, ctx)))
 
     def html(rep: dict[str, Any], cache_dir: Path | None) -> str:

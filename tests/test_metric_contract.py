@@ -28,7 +28,7 @@ REPORT_NAMES = {
     "top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out",
     "shape_bias", "shape_fraction", "texture_fraction", "consistency", "accuracy_drop",
     "error_ratio", "effective_robustness", "relative_top1", "mce_corruption", "i2t_r1", "i2t_r5",
-    "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "modality_gap", "correspondence_recall",
+    "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "modality_gap", "correspondence_recall", "correspondence_gain",
     "temperature", "flip_rate", "lmm_accuracy", "clip_two_way_accuracy", "lmm_gain", "answer_unmatched",
 }
 CALLABLE = sorted(name for name, info in M.METRICS.items() if info.func is not None)

@@ -42,7 +42,7 @@ def test_parallel_decoding_equals_the_serial_path_bitwise(tmp_path, model, monke
     import torch
 
     import clip_robustness.fixtures.pipeline
-    from clip_robustness.fixtures.corruptions2d import CORRUPTED, corruption_condition
+    from clip_robustness.fixtures.corruption_cells import CORRUPTED, corruption_condition
 
     monkeypatch.setattr(clip_robustness.fixtures.pipeline, "SUB_BATCH", 3)
     dataset = image_folder("quirks", _quirky_folder(tmp_path))

@@ -57,14 +57,14 @@ def test_gate_failure(record):
 KILLED_WHILE_RENDERING = '''
 import os
 
-import clip_robustness.plugins.html_report
+import clip_robustness.plugins.html
 
 
 def _killed(*args, **kwargs):
     os._exit(9)  # as if the run were killed while the HTML renders
 
 
-clip_robustness.plugins.html_report.write_html = _killed
+clip_robustness.plugins.html.write_html = _killed
 '''
 
 

@@ -64,7 +64,7 @@ def test_renders_are_memoised_and_cached_on_disk_by_item_id(tmp_path, renders, m
 
 
 def test_world_depth_source_shares_the_render_memo(renders):
-    from clip_robustness.fixtures.corruptions3d import world_depth_source
+    from clip_robustness.fixtures.corruption_cells import world_depth_source
 
     ds = datasets.world_dataset("test", n=5)
     ds.images()

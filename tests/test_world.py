@@ -18,8 +18,9 @@ from clip_robustness.fixtures.world import (ALL_CLASSES, CLASS_TEXTURE, COLORS, 
                             ID_CLASSES, LIGHT_COLORS, OCCLUDERS, PATTERNS, SPLITS, STYLES, TRAIN_BACKGROUNDS,
                             SceneSpec, captions, correspondences, object_placements, project, render,
                             render_batch, render_views, sample_specs, sdf)
+from clip_robustness.fixtures.world.backdrops import FLOOR_Y
 from clip_robustness.fixtures.world.cli import main as cli_main
-from clip_robustness.fixtures.world.renderer import FLOOR_Y, camera_frames
+from clip_robustness.fixtures.world.renderer import camera_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=20, deadline=None, derandomize=True,

@@ -1,0 +1,223 @@
+"""The result cache: a robustness test whose inputs did not change is replayed, not run.
+
+A test's outcome is a function of the harness's code, the test module (and the conftest files loaded),
+the models' weights, the data, and the options that change a measurement (seed, --limit, templates,
+precision, device type, LMMs). When a test passed (or failed only on its gates), its ``record`` calls
+are stored, keyed by all of these; a later run with the same key replays the calls through a fresh
+``Recorder`` instead of running the test, so gates, the baseline comparison and the per-sample files are
+those of the current run (a changed thresholds file or baseline needs no re-measurement) and nothing
+imports torch or loads a model. Anything that cannot be fingerprinted without loading it (an
+``hf-hub:`` model, an ``hf:`` LMM: their hub revision can move) runs every time.
+
+Fingerprints: file contents by sha256 (memoised on disk by path, size, mtime and inode, so a large
+checkpoint is hashed once); data folders by the list of their files with sizes and mtimes (hashing
+ImageNet's 50,000 files every run would cost more than it saves). pytest-testmon skips tests by the same
+kind of key; it cannot see model weights or data folders, which are most of what decides a result here.
+Entries live in the embedding cache folder with the same integrity check; ``--embedding-cache off`` and
+``--no-replay`` turn replay off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
+CODE_DIRS = ("plugins", "fixtures")
+RESULT_VERSION = 1  # part of every key: bump to drop all stored results
+LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pillow", "transformers")
+
+
+class NotFingerprintable(Exception):
+    """An input whose content cannot be known without loading it: the test runs."""
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path, cache: Any = None) -> str:
+    """sha256 of a file's bytes, memoised in ``cache`` (an EmbeddingCache) by path, size, mtime and inode."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    if cache is None:
+        return _sha256_file(path)
+    parts = {"kind": "file-sha256", "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "inode": stat.st_ino}
+    return cache.get_or_compute_json(parts, lambda: _sha256_file(path))
+
+
+def tree_fingerprint(path: Path, cache: Any = None) -> str:
+    """A file's content digest, or a folder's listing digest (relative path, size, mtime of every file)."""
+    path = Path(path).resolve()
+    if path.is_file():
+        return file_fingerprint(path, cache)
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            stat = os.stat(full)
+            digest.update(f"{os.path.relpath(full, path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def code_fingerprint(extra_files: list[Path]) -> str:
+    """Digest of the harness's own Python files and ``extra_files`` (the test module, conftest files)."""
+    files = sorted(p for d in CODE_DIRS for p in (PACKAGE_ROOT / d).rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in [*files, *sorted(set(map(Path, extra_files)))]:
+        digest.update(str(path.name).encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def model_fingerprint(spec: Any, cache: Any = None) -> str:
+    """What fixes a ``--model``'s weights: the seeded architecture, the zoo files, the checkpoint's bytes, or
+    (a pretrained tag) the tag with open_clip's version; a hub model raises NotFingerprintable."""
+    if spec.kind == "random":
+        return f"random:{spec.arch}"
+    if spec.kind == "tag":  # open_clip's released weights for this tag are fixed for its version
+        return f"tag:{spec.arch}:{spec.source}"
+    if spec.kind == "embedded":
+        from clip_robustness.fixtures.zoo import INDEX_PATH, ZOO_DIR
+
+        return tree_fingerprint(ZOO_DIR / "weights", cache) + file_fingerprint(INDEX_PATH, cache)
+    if spec.kind in ("path", "local-dir"):
+        path = Path(spec.source).expanduser()
+        if not path.exists():
+            raise NotFingerprintable(f"{spec.source} does not exist")
+        return tree_fingerprint(path, cache)
+    raise NotFingerprintable(f"a {spec.kind} model is resolved only when loaded")
+
+
+def lmm_fingerprint(raw: str, cache: Any = None) -> str:
+    from clip_robustness.fixtures.lmm.adapter import parse_lmm_spec
+
+    spec = parse_lmm_spec(raw)
+    if spec.kind == "hf":
+        raise NotFingerprintable("an hf: LMM is resolved only when loaded")
+    return tree_fingerprint(Path(spec.folder), cache)
+
+
+def run_inputs(rb: Any, cache: Any = None) -> dict[str, Any]:
+    """The run-wide part of every key: options that change a measurement, data, templates, libraries.
+    Not in it: the thresholds and baseline (re-applied on replay), batch size and threads (they move
+    results within float tolerance only, as in the embedding cache's key)."""
+    templates = []
+    for name in rb.templates:
+        path = Path(name)
+        templates.append(file_fingerprint(path, cache) if path.is_file() else name)
+    return {
+        "version": RESULT_VERSION, "seed": rb.seed, "limit": rb.limit, "templates": templates,
+        "precision": rb.precision, "device": rb.device.split(":")[0],
+        "data": {name: tree_fingerprint(path, cache) for name, path in sorted(rb.data.items())},
+        "data_options": {k: {o: str(v) for o, v in sorted(opts.items())}
+                         for k, opts in sorted(getattr(rb, "data_options", {}).items())},
+        "libraries": library_versions(),
+    }
+
+
+def item_key(item: Any, rb: Any, run_key: dict[str, Any], models: dict[str, str], lmms: dict[str, str],
+             code: str) -> dict[str, Any] | None:
+    """The key of one test: the run's inputs, the code, and the models (and LMM) the test measures;
+    None when one of them cannot be fingerprinted."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    used = [params["clip"]] if "clip" in params else list(models)
+    if any(models.get(m) is None for m in used):
+        return None
+    key = {"kind": "test-result", "test": item.nodeid, "code": code, "run": run_key,
+           "models": {m: models[m] for m in used}}
+    if "lmm" in params:
+        fingerprint = lmms.get(params["lmm"])
+        if fingerprint is None:
+            return None
+        key["lmm"] = fingerprint
+    return key
+
+
+def encode_entry(calls: list[dict[str, Any]], models: dict[str, Any]) -> dict[str, Any]:
+    """A stored result: the record calls (samples stored separately, by digest) and run.models blocks."""
+    return {"calls": calls, "models": models}
+
+
+def samples_digest(samples: dict[str, Any]) -> str:
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name, value in sorted(samples.items()):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, allow_nan=True, default=str)
+
+
+class ResultCache:
+    """The pytest side: replays a test whose key is stored, stores the record calls of one that ran.
+
+    Registered in every process (controller and xdist workers) when the cache is on. A replayed test
+    goes through pytest's reporting like a run one (setup, call, teardown reports; the call phase
+    re-applies the gates), so -x, --lf, xdist and the terminal see an ordinary test.
+    """
+
+    def __init__(self, config: Any, rb: Any, cache: Any) -> None:
+        self.config, self.rb, self.cache = config, rb, cache
+        self._inputs: tuple[dict[str, Any], dict[str, str | None], dict[str, str | None]] | None = None
+        self._code: dict[Path, str] = {}
+
+    def inputs(self) -> tuple[dict[str, Any], dict[str, str | None], dict[str, str | None]]:
+        """(run key, model fingerprints, LMM fingerprints), computed once per process."""
+        if self._inputs is None:
+            models: dict[str, str | None] = {}
+            for spec in self.rb.models:
+                try:
+                    models[spec.id] = model_fingerprint(spec, self.cache)
+                except (NotFingerprintable, OSError):
+                    models[spec.id] = None
+            lmms: dict[str, str | None] = {}
+            for raw in self.rb.lmms:
+                try:
+                    lmms[raw] = lmm_fingerprint(raw, self.cache)
+                except (NotFingerprintable, OSError, ValueError):
+                    lmms[raw] = None
+            self._inputs = (run_inputs(self.rb, self.cache), models, lmms)
+        return self._inputs
+
+    def key(self, item: Any) -> dict[str, Any] | None:
+        from clip_robustness.plugins.properties import PROPERTIES
+
+        if not any(mark.name in PROPERTIES for mark in item.iter_markers()):
+            return None
+        run_key, models, lmms = self.inputs()
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "lmm" in params and params["lmm"] not in lmms:  # an embedded LMM chosen by the run, not --lmm
+            try:
+                lmms[params["lmm"]] = lmm_fingerprint(params["lmm"], self.cache)
+            except (NotFingerprintable, OSError, ValueError):
+                lmms[params["lmm"]] = None
+        module = Path(str(item.path))
+        if module not in self._code:
+            conftests = [Path(p.__file__) for p in self.config.pluginmanager.get_plugins()
+                         if getattr(p, "__name__", "").rpartition(".")[2] == "conftest" and getattr(p, "__file__", None)]
+            self._code[module] = code_fingerprint([module, *conftests])
+        return item_key(item, self.rb, run_key, models, lmms, self._code[module])
