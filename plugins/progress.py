@@ -23,10 +23,10 @@ How the numbers reach the controller's terminal:
   a serial and an ``-n N`` run print the same lines; xdist ships reports, nothing else, to the controller.
 - The live status: xdist has no channel for messages during a test (a worker's events are a fixed set, and
   report hooks fire only when a phase ends, so a 10-minute test would say nothing until its end), so each
-  worker rewrites a small JSON file ``<folder>/<worker id>.json`` at most every PUBLISH_EVERY_S, in a temporary
-  folder the controller makes and hands over in ``workerinput`` (not the report's staging folder: this is
-  live state with its own lifetime, wanted also when no report is written). A controller thread reads the
-  files every REDRAW_EVERY_S; a serial run reads the in-process tracker the same way.
+  worker rewrites a small JSON file ``<folder>/<worker id>.json`` (a thread, every PUBLISH_EVERY_S when its
+  counts moved) in a temporary folder the controller makes and hands over in ``workerinput`` (not the
+  report's staging folder: this is live state with its own lifetime, wanted also when no report is written).
+  A controller thread reads the files every REDRAW_EVERY_S; a serial run reads the in-process tracker.
 - Drawing: tqdm's bars redraw their own line from the process that counts, but here the counting happens in
   captured test code or in workers without a terminal, and pytest itself writes on the current line (dots,
   ``[ 42%]``); pytest's live logging writes through the terminal reporter with capture suspended, from the
@@ -56,7 +56,7 @@ import pytest
 
 T = TypeVar("T")
 PROGRESS_KEY = "rb_progress"  # the per-test summary on the teardown report's user_properties
-PUBLISH_EVERY_S = 0.2  # a worker rewrites its progress file at most this often (and on each test's start/end)
+PUBLISH_EVERY_S = 0.2  # a worker rewrites its progress file this often, when its counts moved
 REDRAW_EVERY_S = 0.5  # the controller redraws the live status this often
 FOLDER_INPUT = "rb_progress"  # workerinput key: the folder of the workers' progress files
 
@@ -93,9 +93,9 @@ class Tracker:
     """This process's counts: the running test, its open tasks, its items per unit. One test runs at a time
     in a process; tasks may be advanced from other threads (decode workers), hence the lock."""
 
-    def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.publish, self.published = publish, 0.0
+        self.version = 0  # bumped by every change: a worker's Publisher writes a new file when it moved
         self.test: str | None = None
         self.thread: int | None = None  # the running test's thread: only it opens tasks
         self.started = 0.0
@@ -105,7 +105,7 @@ class Tracker:
     def start_test(self, nodeid: str) -> None:
         with self.lock:
             self.test, self.thread, self.started, self.units = nodeid, threading.get_ident(), time.time(), {}
-            self._changed(force=True)
+            self.version += 1
 
     def summary(self) -> dict[str, Any] | None:
         """The running test's counts (None when it counted nothing): the per-test line's data."""
@@ -118,7 +118,7 @@ class Tracker:
     def end_test(self) -> None:
         with self.lock:  # a task a failed test left open (a generator not closed yet) ends with it
             self.test, self.thread, self.units, self.tasks = None, None, {}, []
-            self._changed(force=True)
+            self.version += 1
 
     def open(self, desc: str, total: int | None, unit: str) -> Task | None:
         """A new innermost task; None on a thread other than the test's (a render inside a decode worker):
@@ -129,14 +129,14 @@ class Tracker:
         with self.lock:
             self.tasks.append(task)
             self.units.setdefault(unit, {"done": 0, "cached": 0, "since": task.started})
-            self._changed(force=True)
+            self.version += 1
         return task
 
     def close(self, task: Task) -> None:
         with self.lock:
-            if task in self.tasks:  # by identity: tasks opened on other threads may close in any order
+            if task in self.tasks:  # a task a failed test left open may close after end_test
                 self.tasks.remove(task)
-            self._changed(force=True)
+            self.version += 1
 
     def add(self, task: Task, n: int, cached: bool) -> None:
         with self.lock:
@@ -146,21 +146,12 @@ class Tracker:
             if cached:
                 task.cached += n
                 unit["cached"] += n
-            self._changed()
+            self.version += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return self._snapshot()
-
-    def _snapshot(self) -> dict[str, Any]:
-        return {"test": self.test, "tasks": [t.state() for t in self.tasks],
-                "units": {k: dict(u) for k, u in self.units.items()}}
-
-    def _changed(self, force: bool = False) -> None:  # called with the lock held
-        now = time.time()
-        if self.publish is not None and (force or now - self.published >= PUBLISH_EVERY_S):
-            self.published = now
-            self.publish(self._snapshot())
+            return {"test": self.test, "tasks": [t.state() for t in self.tasks],
+                    "units": {k: dict(u) for k, u in self.units.items()}}
 
 
 _TRACKER: Tracker | None = None  # installed by ProgressPlugin while a pytest session runs in this process
@@ -344,10 +335,7 @@ class LiveView:
 
     def _run(self) -> None:
         while not self.stopped.wait(REDRAW_EVERY_S):
-            try:
-                self.redraw()
-            except Exception:  # noqa: BLE001 -- the status is a convenience: a drawing error never stops a run
-                return
+            self.redraw()
 
     def _width(self) -> int:
         try:
@@ -359,23 +347,44 @@ class LiveView:
         if self.markup:
             lines = [f"\x1b[36m{line}\x1b[0m" for line in lines]
         codes = redraw_sequence(self.shown, lines)
-        if codes:
-            os.write(self.fd, codes.encode("utf-8", "replace"))
-        self.shown = len(lines)
+        try:
+            if codes:
+                os.write(self.fd, codes.encode("utf-8", "replace"))
+            self.shown = len(lines)
+        except OSError:  # the terminal went away: the status is a convenience, the run goes on without it
+            self.stopped.set()
 
 
-def _file_publisher(path: Path) -> Callable[[dict[str, Any]], None]:
-    """A worker's progress, rewritten whole (rename) so the controller never reads half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+class Publisher:
+    """An xdist worker's progress, rewritten whole (rename: the controller never reads half a file) every
+    PUBLISH_EVERY_S when it changed, by a thread: counting stays a few integer additions, and a count made just
+    before a long stall still reaches the controller."""
 
-    def publish(state: dict[str, Any]) -> None:
+    def __init__(self, tracker: Tracker, path: Path) -> None:
+        self.tracker, self.path = tracker, path
+        self.written = -1
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="robustness-progress-publisher", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(PUBLISH_EVERY_S):
+            if self.tracker.version != self.written:
+                self.written = self.tracker.version
+                self._write(self.tracker.snapshot())
+
+    def _write(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             tmp.write_text(json.dumps(state))
-            os.replace(tmp, path)
+            os.replace(tmp, self.path)
         except OSError:  # the status is a convenience: a full disk never fails a test
             pass
-
-    return publish
 
 
 def read_folder(folder: Path) -> list[tuple[str | None, dict[str, Any]]]:
@@ -399,13 +408,16 @@ class ProgressPlugin:
         self.config = config
         workerinput = getattr(config, "workerinput", None)
         folder = workerinput.get(FOLDER_INPUT) if workerinput is not None else None
-        self.tracker = Tracker(_file_publisher(Path(folder) / f"{workerinput['workerid']}.json") if folder else None)
+        self.tracker = Tracker()
         self.previous = install(self.tracker)
+        self.publisher = Publisher(self.tracker, Path(folder) / f"{workerinput['workerid']}.json") if folder else None
         self.folder: Path | None = None  # controller under xdist, with a live status: the workers' files
         self.view: LiveView | None = None
 
     def pytest_unconfigure(self) -> None:
         install(self.previous)
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.multiview
 
 DEFAULT_SCENES = 40
 ANGLE_BINS = ((0, 30), (30, 60), (60, 90), (90, 120))
-CORRESPONDENCE_PX = 128  # render size of the correspondence set (docs/thresholds.md: measured choice)
+CORRESPONDENCE_PX = 128  # render size of the correspondence set (fixtures/dense.py: the measured choice)
 THRESHOLDS = (4.0, 8.0, 16.0)  # px of the 128 px renders
 
 

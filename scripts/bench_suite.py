@@ -44,7 +44,7 @@ BUCKETS: dict[str, list[tuple[str, str]]] = {
                ("clip_robustness.fixtures.world.renderer", "render_batch"), ("clip_robustness.fixtures.world.renderer", "render_views")],
     "corruption": [("clip_robustness.fixtures.corruption_cells", "CorruptionTransform.__call__"), ("clip_robustness.fixtures.corruptions2d", "corrupt"),
                    ("clip_robustness.fixtures.corruption_cells", "Corruption3DTransform.__call__"), ("clip_robustness.fixtures.corruptions3d", "corrupt3d")],
-    "bootstrap": [("clip_robustness.fixtures.pytest_fixtures", "_cached_interval"), ("clip_robustness.plugins.stats", "bootstrap_ci"),
+    "bootstrap": [("clip_robustness.plugins.recorder", "_cached_interval"), ("clip_robustness.plugins.stats", "bootstrap_ci"),
                   ("clip_robustness.plugins.stats", "bootstrap_ci_two_sample"), ("clip_robustness.plugins.stats", "paired_bootstrap_delta")],
     "lmm": [("clip_robustness.fixtures.lmm.protocol", "run_protocol")],
     "html": [("clip_robustness.plugins.html.page", "write_html")],

@@ -307,6 +307,7 @@ def test_every_data_name_the_suite_reads_is_in_the_table():
     from pathlib import Path
 
     from clip_robustness.fixtures.real_data import DATA_SETS
+    from clip_robustness.plugins.properties import data_properties
 
     def names_read(tree) -> set[str]:
         """String constants in expressions that read rb_config.data or load a real set by name."""
@@ -331,7 +332,7 @@ def test_every_data_name_the_suite_reads_is_in_the_table():
         prop = next(n.value.attr for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "pytestmark")
         for name in names_read(tree):
             seen.add(name)
-            assert name in DATA_SETS and prop in DATA_SETS[name][0], (module.name, name)
+            assert name in DATA_SETS and prop in data_properties(name), (module.name, name)
     assert {"imagenet", "imagenet-x", "imagenet-c", "cue-conflict", "imagenet-d"} <= seen
 
 

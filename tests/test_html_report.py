@@ -472,8 +472,8 @@ def test_render_cli_rejects_missing_and_malformed_files(tmp_path, capsys):
     wrong_shape.write_text("[1, 2]")
     bad_row = tmp_path / "bad_row.json"
     bad_row.write_text(json.dumps({"run": {}, "results": [{"property": "ood"}]}))
-    for path, expected in ((tmp_path / "absent.json", "no such file"), (wrong_shape, "not a robustness report"),
-                           (bad_row, "results[0] needs a string 'model'")):
+    for path, expected in ((tmp_path / "absent.json", "no such file"), (wrong_shape, "not a robustness.json report"),
+                           (bad_row, "results[0] lacks the field 'model'")):
         assert render_cli([str(path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err, err

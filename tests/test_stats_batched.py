@@ -1,5 +1,5 @@
 """Batched bootstraps (clip_robustness.plugins.metrics.BATCHED via clip_robustness.plugins.stats) equal the per-resample loop, and
-bootstrap intervals are cached on disk (clip_robustness.fixtures.pytest_fixtures._cached_interval)."""
+bootstrap intervals are cached on disk (clip_robustness.plugins.recorder._cached_interval)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clip_robustness.fixtures.cache import EmbeddingCache
-from clip_robustness.fixtures.pytest_fixtures import _cached_interval
+from clip_robustness.plugins.recorder import _cached_interval
 from clip_robustness.plugins import metrics as M
 from clip_robustness.plugins import stats as S
 

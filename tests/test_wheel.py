@@ -116,10 +116,9 @@ def clean_env(python: Path) -> dict[str, str]:
     return env
 
 
-def run(cmd: list, cwd: Path, env: dict[str, str] | None = None, check: bool = True,
-        timeout: float = 300) -> str:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
+def run(cmd: list, cwd: Path, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
 
@@ -143,6 +142,9 @@ def test_wheel_holds_one_package_with_its_data(installed: dict[str, Path]) -> No
         assert not missing, ("not in the wheel (add the package to [tool.setuptools] packages or the file to "
                              f"[tool.setuptools.package-data] in pyproject.toml): {missing}")
         assert {f"{PACKAGE}/plugins/default_thresholds.toml", f"{PACKAGE}/robustness_tests/test_accuracy.py"} <= names
+        # an __init__.py there would make pytest put site-packages/clip_robustness on sys.path (the first folder
+        # above without one), where its `plugins` would shadow the team's
+        assert f"{PACKAGE}/robustness_tests/__init__.py" not in names
         zoo = json.loads(whl.read(f"{PACKAGE}/fixtures/zoo/zoo.json"))
         for model in zoo["models"]:
             for file, digest in ((model["checkpoint"], model["sha256"]), (model["head_file"], model["head_sha256"])):
@@ -222,7 +224,7 @@ import numpy as np
 
 def mirror(images, item_ids):
     """Left-right mirror, per image (the team's cameras are mounted flipped)."""
-    return [np.ascontiguousarray(image[:, ::-1]) for image in images]
+    return [np.ascontiguousarray(image[:, ::-1]) for image in images]  # (H, W, 3), columns reversed
 '''
 TEAM_TEST = '''\
 """The team's property: zero-shot top-1 on mirrored renders, gated and reported like the bundled ones."""
