@@ -171,11 +171,11 @@ class RunConfig:
 
 
 def default_model_specs() -> tuple[ModelSpec, ...]:
-    """The embedded zoo, default model first."""
+    """The embedded zoo's factor models, default model first (demonstration models run only by name)."""
     from clip_robustness.fixtures import zoo
 
     try:
-        entries = sorted(zoo.list_models(), key=lambda e: (not e.default, e.name))
+        entries = sorted(zoo.factor_models(), key=lambda e: (not e.default, e.name))
     except (OSError, ValueError) as err:
         raise ConfigError(f"no --model given and the embedded zoo cannot be read: {err}") from None
     if not entries:

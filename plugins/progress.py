@@ -112,8 +112,10 @@ class Tracker:
         with self.lock:
             if self.test is None or not any(u["done"] for u in self.units.values()):
                 return None
-            return {"test": self.test, "seconds": round(time.time() - self.started, 3),
-                    "units": {k: {"done": int(u["done"]), "cached": int(u["cached"])} for k, u in self.units.items()}}
+            now = time.time()
+            return {"test": self.test, "seconds": round(now - self.started, 3),
+                    "units": {k: {"done": int(u["done"]), "cached": int(u["cached"]),
+                                  "seconds": round(now - u["since"], 3)} for k, u in self.units.items()}}
 
     def end_test(self) -> None:
         with self.lock:  # a task a failed test left open (a generator not closed yet) ends with it
@@ -253,13 +255,14 @@ def busiest_rate(units: dict[str, dict[str, float]], seconds: Callable[[dict[str
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """``  test_x[m] 4,750 images (2,000 from cache), 95 cells in 41 s (67 images/s)``; the rate is over the
-    computed items and the test's whole time."""
+    """``  test_x[m] 95 cells, 4,750 images (2,000 from cache) in 41 s (67 images/s)``: the test's time; the
+    rate is over the computed items, from the unit's first task to the test's end (a model loading in the
+    test's setup is not part of it)."""
     units = summary["units"]
     counts = ", ".join(f"{u['done']:,} {unit}" + (f" ({u['cached']:,} from cache)" if u["cached"] else "")
                        for unit, u in units.items() if u["done"])
     line = f"  {short_name(summary['test'])} {counts} in {format_duration(summary['seconds'])}"
-    rate = busiest_rate(units, lambda u: summary["seconds"])
+    rate = busiest_rate(units, lambda u: u["seconds"])
     return line + (f" ({format_rate(rate[1])} {rate[0]}/s)" if rate else "")
 
 

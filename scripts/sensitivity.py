@@ -96,7 +96,7 @@ def table(results: dict) -> str:
             deltas.append(f"{s}: {mean:+.3f}" + (f" ({np.mean(exp):+.3f})" if exp else ""))
         flags = [o["flagged"] for o in res["null"]]
         lo, hi = proportion_ci(np.array(flags))
-        method = res["method"].split(" (")[0]
+        method = "unpaired (the two recorded CIs)" if res["method"].startswith("unpaired") else res["method"]
         lines.append(f"| {prop} | {res['cell']} ({res['metric']}) | {method} | {np.mean(res['baseline']):.3f} | "
                      f"{res['size_name']} | {detect} | {'; '.join(deltas)} | {smallest or 'none in the grid'} | "
                      f"{sum(flags)}/{len(flags)} ({lo:.2f}–{hi:.2f}) |")
@@ -108,25 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--nulls", type=int, default=10, help="null redraws per seed")
     parser.add_argument("--properties", default=",".join(P.PROPERTIES))
-    parser.add_argument("--cache", type=Path, required=True, help="embedding cache folder")
+    parser.add_argument("--cache", type=Path, help="embedding cache folder (required unless --from-json)")
     parser.add_argument("--json", type=Path, help="write the raw outcomes here")
     parser.add_argument("--write", type=Path, help="replace the table between the power-table markers of this file")
+    parser.add_argument("--from-json", type=Path,
+                        help="re-render the table of an earlier run's --json, measuring nothing")
     args = parser.parse_args(argv)
     props = [p.strip() for p in args.properties.split(",") if p.strip()]
     unknown = [p for p in props if p not in P.PROPERTIES]
     if unknown:
         parser.error(f"unknown properties {unknown}; choose among {', '.join(P.PROPERTIES)}")
-    start = time.perf_counter()
-    results = run(props, args.seeds, args.nulls, args.cache, log=lambda m: print(m, flush=True))
-    wall = time.perf_counter() - start
+    if args.cache is None and args.from_json is None:
+        parser.error("give --cache FOLDER (the embedding cache to measure with), or --from-json to re-render a table")
+    if args.from_json:
+        earlier = json.loads(args.from_json.read_text(encoding="utf-8"))
+        where, results = earlier["run"], earlier["results"]
+    else:
+        start = time.perf_counter()
+        results = run(props, args.seeds, args.nulls, args.cache, log=lambda m: print(m, flush=True))
+        wall = time.perf_counter() - start
+        command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/sensitivity.py " + " ".join(argv or sys.argv[1:])
+        where = (f"Measured with `{command}` on {platform.machine()} ({os.cpu_count()} cores, 1 torch thread, "
+                 f"python {platform.python_version()}), {args.seeds} seeds x {args.nulls} null draws, "
+                 f"{wall / 60:.1f} min, {time.strftime('%Y-%m-%d')}.")
     text = table(results)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/sensitivity.py " + " ".join(argv or sys.argv[1:])
-    where = (f"Measured with `{command}` on {platform.machine()} ({os.cpu_count()} cores, 1 torch thread, "
-             f"python {platform.python_version()}), {args.seeds} seeds x {args.nulls} null draws, "
-             f"{wall / 60:.1f} min, {time.strftime('%Y-%m-%d')}.")
     print(where)
     print(text)
-    if args.json:
+    if args.json and not args.from_json:
         args.json.write_text(json.dumps({"run": where, "results": results}, indent=1), encoding="utf-8")
     if args.write:
         doc = args.write.read_text(encoding="utf-8")

@@ -1,6 +1,9 @@
 """Print the docs/zoo.md and README zoo tables from clip_robustness.fixtures/zoo/zoo.json (the measured numbers).
 
-    .venv/bin/python scripts/zoo_table.py [--readme]
+    .venv/bin/python scripts/zoo_table.py [--readme | --demonstrations]
+
+The tables list the factor models; ``--demonstrations`` prints docs/zoo.md's table of the
+demonstration models next to the model each started from.
 """
 from __future__ import annotations
 
@@ -20,8 +23,22 @@ def f3(x) -> str:
     return "" if x is None else f"{x:.3f}"
 
 
+def demonstrations() -> None:
+    print("| model | from | test top-1 | shape bias | shape bias of `from` | style | OOD AUROC near / far (MSP) |")
+    print("|---|---|---|---|---|---|---|")
+    for e in zoo.list_models():
+        if e.demonstration:
+            r, base = e.recorded, e.metadata["init_from"]
+            print(f"| `{e.name}` | `{base}` | {f3(r['test_top1'])} | {f3(r['shape_bias'])} | "
+                  f"{f3(zoo.get(base).recorded['shape_bias'])} | {f3(r['shift_style_top1'])} | "
+                  f"{f3(r['ood_auroc_msp_heldout'])} / {f3(r['ood_auroc_msp_far_ood'])} |")
+
+
 def main() -> None:
-    entries = zoo.list_models()
+    entries = zoo.factor_models()
+    if "--demonstrations" in sys.argv:
+        demonstrations()
+        return
     if "--readme" in sys.argv:
         print("| model | varies | test top-1 | style shift | shape bias | OOD AUROC near / far (MSP) |")
         print("|---|---|---|---|---|---|")

@@ -398,10 +398,21 @@ def test_sections_take_order_and_titles_from_the_property_registry(rendered):
     assert titles["zz_custom"] == "zz_custom"  # a property the registry does not know: its own name, table only
 
 
+def test_a_registered_property_follows_the_built_in_ones(tmp_path, monkeypatch):
+    from clip_robustness.plugins.properties import Property
+
+    monkeypatch.setitem(PROPERTIES, "aa_team", Property("aa_team", "Our own property", "a team's property", ("score",)))
+    rows = [row(p, M1, "world:test", "", "score", 0.5) for p in ("zz_custom", "aa_team", "accuracy")]
+    tree = parse(render_html({"run": {}, "results": rows}, report_dir=tmp_path))
+    sections = [s for s in tree.root.find("section") if "data-property" in s.attrs]
+    assert [s.attrs["data-property"] for s in sections] == ["accuracy", "aa_team", "zz_custom"]
+    assert sections[1].iter("h2")[0].text[0].strip() == "Our own property"
+
+
 def test_every_registered_view_resolves_to_a_plot_function(tmp_path):
     from clip_robustness.plugins.html.figures import ModelStyles, SampleStore, SectionContext
 
-    for prop in PROPERTY_LIST:
+    for prop in PROPERTIES.values():
         view = plot_function(prop.name)
         assert (view is None) == (prop.view == ""), prop.name
         if view is not None:  # a plot function: a section's context in, a list of figure candidates out

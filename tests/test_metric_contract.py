@@ -4,7 +4,10 @@ Every registered metric must: declare direction and bounds; have a running docte
 **kwargs and keyword-only options; stay within its bounds on canonical inputs; accept lists like
 arrays; reject NaN/inf with a ValueError naming the argument; and satisfy the invariances of the
 property sets below. ``test_property_sets_cover_every_callable_metric`` makes a new metric fail
-until it is placed in those sets and given canonical inputs in ``CASES``.
+until it is placed in those sets and given canonical inputs in ``CASES``. The property registry
+(clip_robustness.plugins.properties) is read too: every headline metric it names is registered, and every
+metric's ``recompute`` (how a baseline comparison recomputes it from per-sample arrays) agrees with the
+metric itself.
 """
 
 from __future__ import annotations
@@ -23,14 +26,9 @@ from hypothesis import strategies as st
 from scipy import special
 
 from clip_robustness.plugins import metrics as M
+from clip_robustness.plugins.properties import PROPERTIES
 
-REPORT_NAMES = {
-    "top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out",
-    "shape_bias", "shape_fraction", "texture_fraction", "consistency", "accuracy_drop",
-    "error_ratio", "effective_robustness", "relative_top1", "mce_corruption", "i2t_r1", "i2t_r5",
-    "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "modality_gap", "correspondence_recall", "correspondence_gain",
-    "temperature", "flip_rate", "lmm_accuracy", "clip_two_way_accuracy", "lmm_gain", "answer_unmatched",
-}
+REGISTRY_FUNCTIONS = {"metric_info", "register_metric"}  # read or extend METRICS; no data, so no validate=
 CALLABLE = sorted(name for name, info in M.METRICS.items() if info.func is not None)
 
 # --- property sets: every callable metric is in exactly one of the first three -----------------
@@ -134,8 +132,59 @@ def _assert_close(name: str, got: Any, want: Any, rtol: float) -> None:
 # ----------------------------------------------------------------------------- registry shape
 
 
-def test_registry_holds_the_report_names():
-    assert set(M.METRICS) == REPORT_NAMES
+@pytest.mark.parametrize("prop", sorted(PROPERTIES))
+def test_every_headline_metric_of_a_property_is_registered(prop):
+    """The report's summary cell of a property shows its headline metric, whose direction comes from METRICS."""
+    unknown = [m for m in PROPERTIES[prop].headline if m not in M.METRICS]
+    assert PROPERTIES[prop].headline and not unknown, f"{prop}: headline metrics {unknown} are not in METRICS"
+
+
+def _samples(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-sample arrays of every kind a row may carry (docs/architecture.md, "Per-sample files")."""
+    n, c = 120, 5
+    labels = rng.integers(0, c, n)  # (N,)
+    logits = rng.normal(scale=2.0, size=(n, c)) + 2.0 * np.eye(c)[labels]  # (N, C), better than chance
+    return {"logits": logits.astype(np.float32), "labels": labels,
+            "canonical_logits": (logits + rng.normal(size=(n, c))).astype(np.float32),  # (N, C)
+            "texture_labels": (labels + rng.integers(1, c, n)) % c,  # (N,), never the shape class
+            "scores_in": rng.normal(1.0, 1.0, 90).astype(np.float32),  # (N,)
+            "scores_out": rng.normal(size=70).astype(np.float32)}  # (M,)
+
+
+def _reference(name: str, s: dict[str, np.ndarray]) -> float:
+    """The metric computed the way a test records it: its registered function on the arrays it was given
+    (scipy's softmax for the probabilities), or, for a derived metric, its definition written out."""
+    info = M.METRICS[name]
+    if name == "accuracy_drop":  # clean accuracy minus accuracy under the condition
+        return float(np.mean(s["canonical_logits"].argmax(1) == s["labels"])
+                     - np.mean(s["logits"].argmax(1) == s["labels"]))
+    if name == "consistency":
+        return info.func(s["canonical_logits"].argmax(1), s["logits"].argmax(1))
+    if info.key is not None and info.func is M.shape_bias_score:
+        return info.func(s["logits"].argmax(1), s["labels"], s["texture_labels"])[info.key]
+    if info.recompute[0] == M.OOD_SAMPLES:
+        return info.func(s["scores_in"], s["scores_out"])
+    probs = special.softmax(s["logits"].astype(np.float64), axis=1)  # (N, C)
+    return info.func(s["logits"] if name == "top1" else probs, s["labels"])
+
+
+RECOMPUTED = sorted(name for name, info in M.METRICS.items() if info.recompute is not None)
+
+
+def test_recompute_is_declared_for_the_metrics_recorded_with_samples():
+    """Rows of these metrics carry per-sample arrays, so a baseline comparison of them is paired; losing a
+    recompute would silently make it unpaired."""
+    assert {"top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out", "shape_bias",
+            "shape_fraction", "texture_fraction", "consistency", "accuracy_drop"} <= set(RECOMPUTED)
+
+
+@pytest.mark.parametrize("name", RECOMPUTED)
+def test_recompute_from_samples_equals_the_metric(name):
+    keys, statistic = M.METRICS[name].recompute
+    samples = _samples(np.random.default_rng(7))
+    assert set(keys) <= set(samples), f"{name}: recompute reads {keys}, not all documented sample kinds"
+    got = statistic(*(samples[k] for k in keys))
+    np.testing.assert_allclose(got, _reference(name, samples), rtol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(M.METRICS))
@@ -193,7 +242,7 @@ def test_signature_has_keyword_only_options_and_no_var_kwargs(name):
     positional_defaults = [p.name for p in params
                            if p.default is not p.empty and p.kind != p.KEYWORD_ONLY]
     assert not positional_defaults, f"{name}: options {positional_defaults} are not keyword-only"
-    if name != "metric_info":
+    if name not in REGISTRY_FUNCTIONS:
         assert kinds.get("validate") == inspect.Parameter.KEYWORD_ONLY, f"{name}: no validate="
 
 

@@ -36,6 +36,7 @@ def _lookup_top1(ctx: SectionContext, row: dict[str, Any]) -> float:
 
 
 def _reliability(ax: Any, logits: np.ndarray, labels: np.ndarray, title: str) -> None:
+    """Reliability diagram: accuracy per confidence bin and its gap to the bin's confidence."""
     bins = calibration_bins(softmax(logits), labels, n_bins=15)
     edges, full = bins["edges"], bins["counts"] > 0  # (B+1,), (B,)
     left, width = edges[:-1][full], np.diff(edges)[full]
@@ -101,6 +102,7 @@ def calibration_plots(ctx: SectionContext) -> list[Plot]:
 
 
 def _ece_scatter(fig: Any, points: list[tuple[dict[str, Any], float]], styles: ModelStyles) -> None:
+    """ECE against top-1, a colour per model, a marker per dataset, hollow after temperature scaling."""
     ax = fig.add_subplot()
     datasets = sorted({r["dataset"] for r, _ in points})
     seen: set[str] = set()

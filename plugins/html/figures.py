@@ -102,6 +102,8 @@ class Plot:
 
 @dataclass
 class RenderedFigure:
+    """A drawn figure as the template shows it: title, caption, inline SVG (marked safe: matplotlib wrote it)."""
+
     title: str
     caption: str
     svg: Markup
@@ -201,12 +203,15 @@ class ModelStyles:
         self.order = {m: i for i, m in enumerate(dict.fromkeys(models))}  # first occurrence wins
 
     def color(self, model: str) -> str:
+        """The model's colour."""
         return PALETTE[self.order.get(model, 0) % len(PALETTE)]
 
     def marker(self, model: str) -> str:
+        """The model's marker (for scatter and dot plots)."""
         return MARKERS[self.order.get(model, 0) % len(MARKERS)]
 
     def sort(self, models: Iterable[str]) -> list[str]:
+        """Distinct models in the run's order (unknown ones last, by name)."""
         return sorted(set(models), key=lambda m: (self.order.get(m, len(self.order)), m))
 
 

@@ -61,6 +61,7 @@ def _help_hurt_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def _lmm_bars(rows: list[dict[str, Any]], group_of: Callable[[dict[str, Any]], str],
               groups: Sequence[str]) -> Callable[[Any], None]:
+    """Two-option accuracy bars per group (split or class): the CLIP, then the LMM per scoring; chance at 0.5."""
     cells = {(group_of(r), _lmm_series(r)): r for r in rows}
     series = sorted({s for _, s in cells}, key=lambda s: (s != _CLIP_SERIES, s))
 

@@ -14,6 +14,7 @@ MAX_HIST_MODELS = 3  # score histograms per OOD figure (ROC shows all models)
 
 
 def _roc_and_hist(ctx: SectionContext, cell: list[dict[str, Any]]) -> Callable[[Any], bool]:
+    """ROC curves of a cell's models, then ID/OOD score densities of the first ``MAX_HIST_MODELS``."""
     from sklearn.metrics import roc_curve
 
     def fill(fig: Any) -> bool:

@@ -54,6 +54,7 @@ def _regression_rank(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _forest(fig: Any, rows: list[dict[str, Any]]) -> None:
+    """A row per comparison: the change (+ = better) with its CI, coloured by verdict, and the allowed drop."""
     ax = fig.add_subplot()
     colors = {"fail": "#c62828", "inconclusive": "#e0a800", "pass": "#2e7d32", NO_GATE: "#777777"}
     for i, r in enumerate(rows):

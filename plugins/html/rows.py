@@ -15,15 +15,12 @@ from typing import Any, Iterable, Sequence
 
 from clip_robustness.fixtures.conditions import join_condition, parse_condition
 from clip_robustness.plugins.metrics import METRICS
-from clip_robustness.plugins.properties import PROPERTIES, PROPERTY_LIST
+from clip_robustness.plugins.properties import PROPERTIES
 
 VERDICTS = ("fail", "inconclusive", "pass")
 NO_GATE = "none"
 VERDICT_RANK = {"fail": 0, "inconclusive": 1, "pass": 2, NO_GATE: 3}
 VERDICT_LABEL = {"fail": "fail", "inconclusive": "inconclusive", "pass": "pass", NO_GATE: "no gate"}
-# The condition values a summary prefers when a cell was measured several ways: the union of every
-# property's `preferred` (e.g. LMM: log-likelihood scoring, which answers every item).
-_PREFERRED = {key: value for prop in PROPERTY_LIST for key, value in prop.preferred.items()}
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -86,10 +83,12 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def fmt_count(x: Any) -> str:
+    """A count, or ``n/a`` when unknown."""
     return "n/a" if x is None else str(x)
 
 
 def fmt_ci(ci: Sequence[Any] | None) -> str:
+    """``[lo, hi]`` to 4 significant digits; a dash when the row has no CI."""
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "—"
 
 
@@ -99,9 +98,10 @@ def without(row: dict[str, Any], *keys: str) -> str:
 
 
 def ordered_properties(props: Iterable[str]) -> list[str]:
-    """The registry's order (``PROPERTY_LIST``); properties it does not know follow, sorted."""
+    """The registry's order (``PROPERTY_LIST``, then properties registered by a project); properties it
+    does not know follow, sorted."""
     present = set(props)
-    return [p.name for p in PROPERTY_LIST if p.name in present] + sorted(present - PROPERTIES.keys())
+    return [name for name in PROPERTIES if name in present] + sorted(present - PROPERTIES.keys())
 
 
 def property_title(prop: str) -> str:
@@ -121,9 +121,12 @@ def headline_metric(prop: str, rows: Sequence[dict[str, Any]]) -> str | None:
 
 def primary_row(rows: Sequence[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any] | None:
     """The row a summary quotes among the ways one cell was measured: the clean condition, the
-    run's first template set, then the registry's preferred values (unscaled logits, the MCM score...)."""
+    run's first template set, then the values every property's ``preferred`` names (unscaled logits, the MCM
+    score, log-likelihood scoring...)."""
     templates = (run.get("config") or {}).get("templates") or [None]
-    preferred = dict(_PREFERRED, **({"templates": templates[0]} if templates[0] else {}))
+    preferred = {key: value for prop in PROPERTIES.values() for key, value in prop.preferred.items()}
+    if templates[0]:
+        preferred["templates"] = templates[0]
 
     def penalty(condition: str) -> int:
         return sum(1 for k, v in parse_condition(condition).items() if k in preferred and v != preferred[k])

@@ -33,6 +33,8 @@ def shape_bias_plots(ctx: SectionContext) -> list[Plot]:
 
 def _shape_plot(rows: list[dict[str, Any]], per_class: list[dict[str, Any]], classes: list[str],
                 styles: ModelStyles) -> Callable[[Any], None]:
+    """Per-class shape-bias markers per model, and a line at each model's overall (or mean) shape bias."""
+
     def fill(fig: Any) -> None:
         ax = fig.add_subplot()
         for model in styles.sort(r["model"] for r in per_class):

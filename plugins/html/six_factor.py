@@ -105,6 +105,8 @@ def explaining_factor(values: dict[str, float], levels: dict[str, dict[str, str]
 
 def _factor_scatter(values: dict[str, float], acc: dict[str, float], levels: dict[str, dict[str, str]],
                     factor: str, metric: str, styles: ModelStyles) -> Callable[[Any], None]:
+    """The metric against ID top-1, a colour per level of ``factor``, a least-squares line per level."""
+
     def fill(fig: Any) -> None:
         ax = fig.add_subplot()
         models = [m for m in styles.sort(values) if m in acc]
