@@ -221,3 +221,36 @@ class ResultCache:
                          if getattr(p, "__name__", "").rpartition(".")[2] == "conftest" and getattr(p, "__file__", None)]
             self._code[module] = code_fingerprint([module, *conftests])
         return item_key(item, self.rb, run_key, models, lmms, self._code[module])
+
+    # -- running: look up, replay, store ---------------------------------------------------------------
+
+    def lookup(self, item: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(key, stored entry with its samples loaded) of ``item``; the entry is None when absent or
+        incomplete (an evicted or corrupt samples file: the test runs and stores it again)."""
+        key = self.key(item)
+        if key is None:
+            return {}, None
+        entry = self.cache.peek_json(key)
+        if entry is None:
+            return key, None
+        for call in entry["calls"]:
+            if call["samples"] is not None:
+                arrays = {name: self.cache.peek({"kind": "result-samples", "digest": call["samples"], "name": name})
+                          for name in call["sample_names"]}
+                if any(value is None for value in arrays.values()):
+                    return key, None
+                call["arrays"] = arrays
+        return key, entry
+
+    def store(self, key: dict[str, Any], calls: list[dict[str, Any]], models: dict[str, Any]) -> None:
+        """Store a finished test's record calls (samples by digest, each array once) and model blocks."""
+        stored = []
+        for call in calls:
+            call = dict(call)
+            samples = call.pop("arrays", None)
+            call["samples"] = samples_digest(samples) if samples else None
+            call["sample_names"] = sorted(samples) if samples else []
+            for name, value in (samples or {}).items():
+                self.cache.put({"kind": "result-samples", "digest": call["samples"], "name": name}, value)
+            stored.append(call)
+        self.cache.put_json(key, encode_entry(stored, models))
