@@ -16,6 +16,11 @@ Conventions shared by every function here:
   Function names follow sklearn where the report allows (``*_score`` higher is better,
   ``*_error`` lower is better); ``brier_score``, ``shape_bias_score`` and ``fpr_at_tpr`` keep their
   established names, so always read the direction from :data:`METRICS`.
+* How a report metric is recomputed from a row's per-sample arrays (for a paired baseline comparison) is its
+  ``MetricInfo.recompute``, declared in :data:`METRICS` beside the rest of its entry.
+
+Longer than 600 lines on purpose: each metric's definition, its registry entry (direction, bounds,
+recompute) and its batched bootstrap form stay in one module, so a metric is one place to read and change.
 """
 
 from __future__ import annotations

@@ -99,5 +99,9 @@ def data_properties(name: str) -> tuple[str, ...]:
 
 def collected_properties(session: Any) -> bool:
     """Whether this run runs the robustness suite: a test carrying a property marker was collected (and
-    not deselected). Only then is a report written, even one that measured nothing."""
-    return not session.config.option.collectonly and any(property_of(item) for item in session.items)
+    not deselected). Only then is a report written, even one that measured nothing; never when pytest only
+    lists tests or fixtures (--collect-only, --fixtures, --fixtures-per-test)."""
+    option = session.config.option
+    if option.collectonly or getattr(option, "showfixtures", False) or getattr(option, "show_fixtures_per_test", False):
+        return False
+    return any(property_of(item) for item in session.items)

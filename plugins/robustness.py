@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("robustness", "CLIP robustness gate")
     group.addoption("--model", action="append", default=[], dest="rb_models", metavar="SPEC",
                     help="model to gate, repeatable: ARCH:TAG, ARCH@PATH, hf-hub:ORG/NAME, local-dir:PATH, "
-                         "embedded:NAME, optionally ';key=value' metadata. Default: the embedded zoo.")
+                         "embedded:NAME, optionally ';key=value' metadata. Default: the embedded zoo's factor models.")
     group.addoption("--data", action="append", default=[], dest="rb_data", metavar="NAME=PATH",
                     help="real dataset for a property, repeatable (imagenet=, imagenet-v2=, ood:NAME=, ...)")
     group.addoption("--thresholds", dest="rb_thresholds", metavar="PATH",

@@ -76,9 +76,9 @@ def row_problems(obj: Any, where: str) -> list[str]:
     problems = [f"{where} has an unknown field {k!r} (a row holds {', '.join(known)}); put extra data under 'extra'"
                 for k in row if k not in known]
     for key in KEY_FIELDS:
-        if not isinstance(row[key], str) or (not row[key] and key in ("property", "model", "metric")):
-            problems.append(f"{where} needs a {'non-empty ' if key != 'condition' else ''}string {key!r}; "
-                            f"got {row[key]!r}")
+        named = key in ("property", "model", "metric")  # these name something; dataset and condition may be ""
+        if not isinstance(row[key], str) or (named and not row[key]):
+            problems.append(f"{where} needs a {'non-empty ' if named else ''}string {key!r}; got {row[key]!r}")
     label = f"{where} ({row['metric']})" if isinstance(row["metric"], str) else where
     if row["value"] is not None and not _number(row["value"]):
         problems.append(f"{label} value must be a number or null; got {row['value']!r}")
