@@ -8,6 +8,7 @@ The pytest side of that channel (:func:`gate_row`, :func:`ship_row`) is below th
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -83,6 +84,8 @@ class Recorder:
     cache: Any  # the process's EmbeddingCache: bootstrap CIs are cached there
     sink: Callable[[dict[str, Any]], None]  # takes each finished, checked row
     gate: Callable[[dict[str, Any], Samples | None], None]  # sets the row's gate (and comparison) in place
+    # takes each call's inputs before anything is derived from them (clip_robustness.plugins.replay stores them)
+    log: Callable[[dict[str, Any]], None] | None = None
 
     def __call__(self, metric: str, value: float, *, dataset: str, condition: str = "",
                  ci: tuple[float, float] | None = None, n: int | None = None,
@@ -96,6 +99,11 @@ class Recorder:
         from clip_robustness.plugins.report import save_samples
 
         info = metric_info(metric)  # unknown metric names are an error, with suggestions
+        if self.log is not None:
+            self.log({"metric": metric, "value": float(value), "dataset": dataset, "condition": condition,
+                      "ci": None if ci is None else [float(ci[0]), float(ci[1])], "n": None if n is None else int(n),
+                      "extra": copy.deepcopy(extra or {}), "undefined": undefined, "arrays": samples,
+                      "model": model or (self.model.id if self.model is not None else None)})
         extra = dict(extra or {})
         value = float(value)
         if not math.isfinite(value):
@@ -212,6 +220,16 @@ def gate_row(config: pytest.Config, item: pytest.Item, baseline: Any, seed: int,
             item.stash.setdefault(GATE_FAILURES, []).append(gate["message"])
         elif gate["verdict"] == INCONCLUSIVE:
             warnings.warn(InconclusiveGateWarning(gate["message"]), stacklevel=2)
+
+
+GATE_FAILED = "robustness gate failed:"
+
+
+def raise_gate_failures(item: pytest.Item) -> None:
+    """Fail the test with the gate sentences ``gate_row`` collected for it, if any (after all its cells)."""
+    failures = item.stash.get(GATE_FAILURES, [])
+    if failures:
+        pytest.fail(GATE_FAILED + "\n  " + "\n  ".join(failures), pytrace=False)
 
 
 def _compare(row: dict[str, Any], samples: Samples | None, baseline: Any, *, templates: str,

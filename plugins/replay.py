@@ -25,9 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
 CODE_DIRS = ("plugins", "fixtures")
 RESULT_VERSION = 1  # part of every key: bump to drop all stored results
+RESULT_KEY = pytest.StashKey[dict]()  # per item: its key, when it can be replayed
+REPLAYED = pytest.StashKey[bool]()  # per item: it was replayed in this process
 LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pillow", "transformers")
 
 
@@ -254,3 +258,71 @@ class ResultCache:
                 self.cache.put({"kind": "result-samples", "digest": call["samples"], "name": name}, value)
             stored.append(call)
         self.cache.put_json(key, encode_entry(stored, models))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        if self.config.option.setuponly or self.config.option.setupplan:
+            return None
+        key, entry = self.lookup(item)
+        if key:
+            item.stash[RESULT_KEY] = key
+        if entry is None:
+            return None  # pytest runs the test; pytest_runtest_makereport stores what it recorded
+        self._replay(item, nextitem, entry)
+        return True
+
+    def _replay(self, item: pytest.Item, nextitem: pytest.Item | None, entry: dict[str, Any]) -> None:
+        """The three phases of pytest's protocol, reported as pytest reports them; the call phase feeds the
+        stored record calls to a fresh Recorder (gates, baseline comparison and samples of this run)."""
+        from clip_robustness.fixtures.pytest_fixtures import recorder_for
+        from clip_robustness.plugins.recorder import raise_gate_failures
+        from clip_robustness.plugins.report import REPLAYED_KEY
+        from clip_robustness.plugins.stats import seed_for
+
+        def call() -> None:
+            record = recorder_for(item, seed_for(self.rb.seed, item.nodeid), None, entry["models"].get)
+            for stored in entry["calls"]:
+                record(stored["metric"], stored["value"], dataset=stored["dataset"], condition=stored["condition"],
+                       ci=stored["ci"], n=stored["n"], samples=stored.get("arrays"), extra=stored["extra"],
+                       model=stored["model"], undefined=stored["undefined"])
+            raise_gate_failures(item)
+
+        phases = (("setup", lambda: None), ("call", call),
+                  # nothing was set up for this test; what the previous test left that the next one does not
+                  # need is torn down now, as pytest's own teardown phase would (its setup stack stays exact)
+                  ("teardown", lambda: item.session._setupstate.teardown_exact(nextitem)))
+        item.stash[REPLAYED] = True
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for when, run in phases:
+            info = pytest.CallInfo.from_call(run, when=when, reraise=(pytest.exit.Exception, KeyboardInterrupt))
+            report = item.ihook.pytest_runtest_makereport(item=item, call=info)
+            if when == "call":
+                report.user_properties.append((REPLAYED_KEY, "1"))
+            item.ihook.pytest_runtest_logreport(report=report)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
+        report = yield
+        if call.when == "call" and RESULT_KEY in item.stash and not item.stash.get(REPLAYED, False) \
+                and _finished(report, call):
+            from clip_robustness.fixtures.pytest_fixtures import RECORDED_CALLS
+            from clip_robustness.plugins.report import MODEL_KEY
+
+            models = {}
+            for name, value in item.user_properties:
+                if name == MODEL_KEY:
+                    shipped = json.loads(value)
+                    models[shipped["id"]] = shipped["info"]
+            self.store(item.stash[RESULT_KEY], item.stash.get(RECORDED_CALLS, []), models)
+        return report
+
+
+def _finished(report: Any, call: Any) -> bool:
+    """The test body ran to its end: it passed, or failed on its gates only (which a replay re-applies)."""
+    if report.passed:
+        return True
+    from clip_robustness.plugins.recorder import GATE_FAILED
+
+    return report.failed and call.excinfo is not None and call.excinfo.errisinstance(pytest.fail.Exception) \
+        and str(call.excinfo.value).startswith(GATE_FAILED)

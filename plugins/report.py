@@ -30,6 +30,7 @@ from clip_robustness.fixtures._io import atomic_write, atomic_write_text
 from clip_robustness.plugins.config import RunConfig
 
 ROW_KEY, MODEL_KEY, CACHE_KEY = "rb_row", "rb_model", "rb_cache"
+REPLAYED_KEY = "rb_replayed"  # on a test's call report: it was replayed (clip_robustness.plugins.replay)
 PROBLEM_KEY = "rb_problem"  # a failed load, errored or failed test, shipped like rows (see problem_of)
 # The report folder: these entries are the run's unit, swapped in together at session end (ReportSession._swap).
 REPORT_ENTRIES = {"robustness.json": "file", "robustness.csv": "file", "robustness.html": "file", "samples": "folder"}
@@ -171,7 +172,7 @@ class ReportSession:
         self.pytest_config = pytest_config
         self.rows: list[dict[str, Any]] = []
         self.models: dict[str, dict[str, Any]] = {}
-        self.cache = {"hits": 0, "misses": 0}
+        self.cache = {"hits": 0, "misses": 0, "replayed": 0}  # replayed: tests (clip_robustness.plugins.replay)
         self.started = time.time()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.paths: dict[str, Path] = {}
@@ -248,6 +249,8 @@ class ReportSession:
                 self.models.setdefault(info["id"], info["info"])
             elif key == PROBLEM_KEY:  # on the failed phase's report only, never copied to the others
                 self.problems.append(json.loads(value))
+            elif key == REPLAYED_KEY:
+                self.cache["replayed"] += 1
             elif key == CACHE_KEY and report.when == "teardown":
                 counts = json.loads(value)
                 self.cache["hits"] += counts["hits"]
@@ -382,7 +385,8 @@ class ReportSession:
         tr.write_line(f"{len(self.rows)} metric cells, gates: " +
                       (", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or "none"))
         # the cache holds embeddings, heads, renders, CIs, search and LMM outcomes: one count for all
-        tr.write_line(f"result cache: {self.cache['hits']} hits, {self.cache['misses']} misses")
+        tr.write_line(f"cache: {self.cache['hits']} hits, {self.cache['misses']} misses; {self.cache['replayed']} "
+                      "tests replayed (nothing they depend on changed; --no-replay runs them)")
         self.write_gate_summary(tr)
         self.write_problems(tr)
         for kind, path in self.paths.items():

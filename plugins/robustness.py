@@ -15,7 +15,7 @@ import pytest
 
 from clip_robustness.plugins.config import ConfigError, RunConfig, build_config
 from clip_robustness.plugins.properties import PROPERTIES, collected_properties
-from clip_robustness.plugins.state import CACHE_SNAPSHOT, GATE_FAILURES, RB_CONFIG, THREADS, process_cache
+from clip_robustness.plugins.state import CACHE_SNAPSHOT, RB_CONFIG, THREADS, process_cache
 
 
 # Wherever the plugin runs (this repository or a team's), a user's measurement never fails on a library's
@@ -82,6 +82,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "local folder, optionally ';tower=MODEL_SPEC'. Default: the embedded LMM on the run's models")
     group.addoption("--embedding-cache", dest="rb_cache", default=None, metavar="DIR|off",
                     help="embedding cache folder (default: .pytest_cache/d/rb-embeddings); 'off' disables it")
+    group.addoption("--no-replay", dest="rb_no_replay", action="store_true",
+                    help="run every robustness test, even one whose stored result still holds (by default a test "
+                         "whose code, models, data and options are unchanged is replayed from the cache folder)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -128,6 +131,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from clip_robustness.plugins.progress import ProgressPlugin  # per-test progress, every process
 
     config.pluginmanager.register(ProgressPlugin(config), "robustness-progress")
+    if rb.cache_dir is not None and not config.getoption("rb_no_replay"):  # every process: workers replay too
+        from clip_robustness.plugins.replay import ResultCache
+
+        config.pluginmanager.register(ResultCache(config, rb, process_cache(config)), "robustness-replay")
     if not hasattr(config, "workerinput"):  # the report is assembled on the controller only
         from clip_robustness.plugins.report import ReportSession
 
@@ -261,9 +268,9 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         problem = str(err)
     if problem:  # failed outside the except block, so pytest shows the sentence without a chain
         pytest.fail(problem, pytrace=False)
-    failures = item.stash.get(GATE_FAILURES, [])
-    if failures:
-        pytest.fail("robustness gate failed:\n  " + "\n  ".join(failures), pytrace=False)
+    from clip_robustness.plugins.recorder import raise_gate_failures
+
+    raise_gate_failures(item)
     return result
 
 

@@ -73,10 +73,10 @@ def reference_model(models):
 
 def test_mce_world(all_models, world, cache, record, rb_config):
     """mCE of every other model against the run's reference model, on the same images."""
-    models = all_models()
-    if len(models) < 2:
+    if len(rb_config.models) < 2:  # decided before any model loads
         pytest.skip("mCE compares models: give at least two --model (the reference is embedded:rn-clip "
                     "when present, else the first)")
+    models = all_models()
     reference = reference_model(models)
     clean, cells = world_cells(world, rb_config)
     cells = [c for c in cells if c.family in FAMILIES]  # mCE is defined over the 15 ImageNet-C families
