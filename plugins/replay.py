@@ -1,6 +1,6 @@
 """The result cache: a robustness test whose inputs did not change is replayed, not run.
 
-A test's outcome is a function of the harness's code, the test module (and the conftest files loaded),
+A bundled suite test's outcome is a function of the harness's code, the test module (and the conftest files loaded),
 the models' weights, the data, and the options that change a measurement (seed, --limit, templates,
 precision, device type, LMMs). When a test passed (or failed only on its gates), its ``record`` calls
 are stored, keyed by all of these; a later run with the same key replays the calls through a fresh
@@ -29,6 +29,7 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
 CODE_DIRS = ("plugins", "fixtures")
+SUITE_DIR = PACKAGE_ROOT / "robustness_tests"  # only the bundled suite's tests are replayed
 RESULT_VERSION = 1  # part of every key: bump to drop all stored results
 RESULT_KEY = pytest.StashKey[dict]()  # per item: its key, when it can be replayed
 REPLAYED = pytest.StashKey[bool]()  # per item: it was replayed in this process
@@ -212,8 +213,12 @@ class ResultCache:
 
         if not any(mark.name in PROPERTIES for mark in item.iter_markers()):
             return None
+        if not Path(str(item.path)).resolve().is_relative_to(SUITE_DIR):
+            return None  # a team's own test may read inputs the key cannot see (files, environment): it runs
         run_key, models, lmms = self.inputs()
         params = getattr(getattr(item, "callspec", None), "params", {})
+        if "lmm" in params and params["lmm"] is None:
+            return None  # no LMM to measure: the test skips itself
         if "lmm" in params and params["lmm"] not in lmms:  # an embedded LMM chosen by the run, not --lmm
             try:
                 lmms[params["lmm"]] = lmm_fingerprint(params["lmm"], self.cache)
