@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from clip_robustness.fixtures.zoo import file_sha256
+from clip_robustness.plugins.report import package_versions
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
 CODE_DIRS = ("plugins", "fixtures")
@@ -33,19 +35,10 @@ SUITE_DIR = PACKAGE_ROOT / "robustness_tests"  # only the bundled suite's tests 
 RESULT_VERSION = 1  # part of every key: bump to drop all stored results
 RESULT_KEY = pytest.StashKey[dict]()  # per item: its key, when it can be replayed
 REPLAYED = pytest.StashKey[bool]()  # per item: it was replayed in this process
-LIBRARIES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pillow", "transformers")
 
 
 class NotFingerprintable(Exception):
     """An input whose content cannot be known without loading it: the test runs."""
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_fingerprint(path: Path, cache: Any = None) -> str:
@@ -53,10 +46,10 @@ def file_fingerprint(path: Path, cache: Any = None) -> str:
     path = Path(path).resolve()
     stat = path.stat()
     if cache is None:
-        return _sha256_file(path)
+        return file_sha256(path)
     parts = {"kind": "file-sha256", "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
              "inode": stat.st_ino}
-    return cache.get_or_compute_json(parts, lambda: _sha256_file(path))
+    return cache.get_or_compute_json(parts, lambda: file_sha256(path))
 
 
 def tree_fingerprint(path: Path, cache: Any = None) -> str:
@@ -81,16 +74,6 @@ def code_fingerprint(extra_files: list[Path]) -> str:
     for path in [*files, *sorted(set(map(Path, extra_files)))]:
         digest.update(str(path.name).encode() + b"\0" + Path(path).read_bytes() + b"\0")
     return digest.hexdigest()
-
-
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def model_fingerprint(spec: Any, cache: Any = None) -> str:
@@ -135,7 +118,7 @@ def run_inputs(rb: Any, cache: Any = None) -> dict[str, Any]:
         "data": {name: tree_fingerprint(path, cache) for name, path in sorted(rb.data.items())},
         "data_options": {k: {o: str(v) for o, v in sorted(opts.items())}
                          for k, opts in sorted(getattr(rb, "data_options", {}).items())},
-        "libraries": library_versions(),
+        "libraries": package_versions(),
     }
 
 

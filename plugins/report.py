@@ -35,7 +35,8 @@ PROBLEM_KEY = "rb_problem"  # a failed load, errored or failed test, shipped lik
 # The report folder: these entries are the run's unit, swapped in together at session end (ReportSession._swap).
 REPORT_ENTRIES = {"robustness.json": "file", "robustness.csv": "file", "robustness.html": "file", "samples": "folder"}
 LOCK_NAME, STAGING_PREFIX, RUN_ID_FILE = ".robustness.lock", ".staging-", "RUN_ID"
-PACKAGES = ("torch", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pytest", "pytest-xdist")
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pillow", "transformers",
+            "pytest", "pytest-xdist")  # the report's run.versions; also part of every result-cache key
 # How far per-sample float32 arrays of two runs of one model may differ and still be "the same numbers"
 # (serial vs -n N, docs/architecture.md): torch's CPU kernels sum in an order that depends on the
 # thread count, which moves logits and scores in their last bits; bitwise equality holds only under one
