@@ -1,0 +1,289 @@
+"""The result cache (clip_robustness.plugins.replay): a bundled suite test whose inputs are unchanged is
+replayed from its stored record calls, re-gated with this run's thresholds, without importing torch.
+
+Each run is a pytest subprocess in pytester's folder. ``replay_probe`` (loaded with ``-p``, so it is no
+conftest and not part of any key) writes which tests were replayed, where their stored entries are, and
+whether the process imported torch. Only the bundled suite is replayed (``SUITE_DIR``); tests that need a
+module to edit or a test that counts its own executions run copies in pytester's folder, which the probe
+declares the suite when ``REPLAY_PROBE_SUITE`` names it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RANDOM_MODEL, REPO
+
+SUITE = REPO / "robustness_tests"
+
+PROBE = '''
+"""Loaded with -p by tests/test_replay.py: which tests this run replayed, their entries, and torch."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from clip_robustness.plugins import replay
+
+if os.environ.get("REPLAY_PROBE_SUITE"):  # this folder's modules stand for the bundled suite
+    replay.SUITE_DIR = Path(os.environ["REPLAY_PROBE_SUITE"])
+_m = os.environ.get("H11_MUT")
+if _m == "file":
+    replay.file_fingerprint = lambda path, cache=None: "same"
+elif _m == "code":
+    _c = replay.code_fingerprint
+    replay.code_fingerprint = lambda extra: _c([])
+elif _m == "seed":
+    _r = replay.run_inputs
+    replay.run_inputs = lambda rb, cache=None: {**_r(rb, cache), "seed": 0}
+elif _m == "noregate":
+    import clip_robustness.plugins.recorder as rec
+    rec.raise_gate_failures = lambda item: None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    result = yield
+    key = item.stash.get(replay.RESULT_KEY, None)
+    line = {"test": item.name, "replayed": item.stash.get(replay.REPLAYED, False), "key": key}
+    with open(Path(str(item.config.rootpath)) / f"probe-{os.getpid()}.jsonl", "a") as handle:
+        handle.write(json.dumps(line) + "\\n")
+    return result
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):
+        (Path(str(session.config.rootpath)) / "torch-imported").write_text(str("torch" in sys.modules))
+'''
+
+# Property tests that write their name to runs.txt each time their body executes (a replay does not).
+GATED = '''
+import pytest
+
+pytestmark = pytest.mark.calibration
+
+
+def ran(name):
+    with open("runs.txt", "a") as handle:
+        handle.write(name + "\\n")
+
+
+def test_low(record):
+    ran("low")
+    record("ece", 0.03, ci=(0.02, 0.04), n=100, dataset="d1", model="m")
+
+
+def test_high(record):
+    ran("high")
+    record("ece", 0.5, ci=(0.45, 0.55), n=100, dataset="d2", model="m")
+
+
+def test_error(record):
+    ran("error")
+    record("ece", 0.03, ci=(0.02, 0.04), n=100, dataset="d3", model="m")
+    raise RuntimeError("the test body broke after recording")
+'''
+
+SCORES = '''
+import numpy as np
+import pytest
+
+from clip_robustness.plugins.metrics import ood_auroc_score
+
+pytestmark = pytest.mark.ood
+
+
+def test_scores(record):
+    with open("runs.txt", "a") as handle:
+        handle.write("scores\\n")
+    rng = np.random.default_rng(0)
+    scores_in, scores_out = rng.normal(1, 1, 200), rng.normal(0, 1, 200)
+    record.measure("auroc", ood_auroc_score, scores_in, scores_out, two_sample=True, dataset="synthetic",
+                   model="m", samples={"scores_in": scores_in, "scores_out": scores_out})
+'''
+
+
+def rule(dataset: str, bound: float) -> str:
+    return f'[[thresholds]]\nproperty = "calibration"\nmetric = "ece"\ndataset = "{dataset}"\nmax = {bound}\n'
+
+
+@pytest.fixture
+def harness(pytester, run_harness):
+    """``run_harness`` with the probe; returns (result, report, probe lines) and clears the probe files."""
+    pytester.makepyfile(replay_probe=PROBE)
+
+    def run(*args: str):
+        result = run_harness("-p", "replay_probe", *args)
+        lines = []
+        for path in sorted(pytester.path.glob("probe-*.jsonl")):
+            lines += [json.loads(line) for line in path.read_text().splitlines()]
+            path.unlink()
+        report = pytester.path / "reports" / "robustness.json"
+        return result, json.loads(report.read_text()) if report.is_file() else None, lines
+
+    return run
+
+
+@pytest.fixture
+def as_suite(pytester, monkeypatch):
+    """Modules in pytester's folder count as the bundled suite (the probe moves ``SUITE_DIR`` there)."""
+    monkeypatch.setenv("REPLAY_PROBE_SUITE", str(pytester.path))
+
+
+def runs(pytester) -> list[str]:
+    path = pytester.path / "runs.txt"
+    return path.read_text().split() if path.is_file() else []
+
+
+def replayed(report: dict) -> int:
+    return report["run"]["cache"]["replayed"]
+
+
+def cell(row: dict) -> tuple:
+    return row["test"], row["metric"], row["dataset"], row["condition"]
+
+
+def test_unchanged_run_is_replayed_without_torch_and_reports_the_same(pytester, harness):
+    """The bundled accuracy and calibration tests (the suite as installed, no probe patch): the second run
+    replays all 10 from their stored calls, in a process that never imports torch, and writes the same rows
+    (values, CIs, n, gates, extra, per-sample file names) and run.models; -n 2 replays them too. A property
+    test outside the suite runs every time."""
+    pytester.makepyfile(test_outside=GATED.split("\n\ndef test_high")[0])
+    args = (str(SUITE / "test_accuracy.py"), str(SUITE / "test_calibration.py"), "test_outside.py",
+            "-c", "pyproject.toml", "--rootdir", str(pytester.path),
+            "--model", RANDOM_MODEL, "--limit", "12", "--templates", "single", "-k", "top1_world or calibration_world or low")
+    cold, first, probe = harness(*args)
+    cold.assert_outcomes(passed=11, deselected=2)
+    assert replayed(first) == 0 and not any(line["replayed"] for line in probe)
+    assert (pytester.path / "torch-imported").read_text() == "True"  # the probe can tell
+
+    warm, second, probe = harness(*args)
+    warm.assert_outcomes(passed=11, deselected=2)
+    assert replayed(second) == 10
+    assert {line["test"] for line in probe if line["replayed"]} == {
+        line["test"] for line in probe if line["test"] != "test_low"}
+    assert runs(pytester) == ["low", "low"]
+    assert (pytester.path / "torch-imported").read_text() == "False"
+    warm.stdout.fnmatch_lines(["cache: 0 hits, 0 misses; 10 tests replayed*"])
+    assert len(first["results"]) == 5 * 1 + 5 * 11 + 1
+    assert second["results"] == first["results"]
+    assert second["run"]["models"] == first["run"]["models"]
+    for row in second["results"]:
+        assert row["samples"] is None or (pytester.path / "reports" / row["samples"]).is_file()
+
+    parallel, third, _ = harness(*args, "-n", "2")
+    parallel.assert_outcomes(passed=11)
+    assert replayed(third) == 10
+    assert sorted(third["results"], key=cell) == sorted(first["results"], key=cell)
+    assert third["run"]["models"] == first["run"]["models"]
+
+
+def test_each_input_change_reruns(pytester, harness, as_suite):
+    """One change at a time, the seed, --limit, the templates file's content, the checkpoint's bytes (an
+    ARCH@PATH model) and the test module's source each make the test run again; touching the checkpoint
+    does not (its bytes decide). Changes accumulate, so a change missing from the key would replay the run
+    before it. The test records without loading the model: what decides a replay is the key alone."""
+    weights = REPO / "fixtures" / "zoo" / "weights"
+    checkpoint = pytester.path / "model.safetensors"
+    shutil.copyfile(weights / "rn-clip.safetensors", checkpoint)
+    templates = pytester.path / "prompts.txt"
+    templates.write_text("a photo of a {c}.\n")
+    module = pytester.makepyfile(test_gated=GATED)
+    options = {"--model": f"world-rn-tiny@{checkpoint}", "--templates": str(templates), "--limit": "12",
+               "--seed": "0", "-k": "low"}
+
+    def run() -> int:
+        result, report, _ = harness(*[part for pair in options.items() for part in pair])
+        result.assert_outcomes(passed=1, deselected=2)
+        return replayed(report)
+
+    assert run() == 0
+    changes = {
+        "seed": lambda: options.update({"--seed": "1"}),
+        "limit": lambda: options.update({"--limit": "11"}),
+        "templates file": lambda: templates.write_text("a picture of a {c}.\n"),
+        "checkpoint bytes": lambda: shutil.copyfile(weights / "rn-clip-small.safetensors", checkpoint),
+        "test module": lambda: module.write_text(module.read_text() + "\n# edited\n"),
+    }
+    for name, change in changes.items():
+        change()
+        assert run() == 0, f"a changed {name} was replayed"
+    assert runs(pytester) == ["low"] * 6
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
+    assert run() == 1 and runs(pytester) == ["low"] * 6
+
+
+def test_replay_regates_with_this_runs_thresholds(pytester, harness, as_suite):
+    """A passing test replays failing under a stricter --thresholds rule (with the gate sentence), and
+    passing again under the first rules; a test that failed on its gate is stored and replays failing; a test
+    that errors is never stored, so it runs every time."""
+    pytester.makepyfile(test_gated=GATED)
+    pytester.makefile(".toml", high=rule("d2", 0.1), both=rule("d2", 0.1) + rule("d1", 0.01))
+
+    result, report, _ = harness("--model", RANDOM_MODEL, "--thresholds", "high.toml")
+    result.assert_outcomes(passed=1, failed=2)
+    assert replayed(report) == 0 and runs(pytester) == ["low", "high", "error"]
+
+    result, report, probe = harness("--model", RANDOM_MODEL, "--thresholds", "both.toml")
+    result.assert_outcomes(failed=3)
+    assert replayed(report) == 2 and runs(pytester)[3:] == ["error"]
+    assert {line["test"] for line in probe if line["replayed"]} == {"test_low", "test_high"}
+    result.stdout.fnmatch_lines(["*robustness gate failed:*",
+                                 "*ece=0.03 (95% CI 0.02–0.04) exceeds the bound 0.01 for m on d1*"])
+    result.stdout.fnmatch_lines(["*ece=0.5 (95% CI 0.45–0.55) exceeds the bound 0.1 for m on d2*"])
+    result.stdout.fnmatch_lines(["*test_error*RuntimeError: the test body broke after recording*"])
+    verdicts = {row["dataset"]: (row["gate"] or {}).get("verdict") for row in report["results"]}
+    assert verdicts == {"d1": "fail", "d2": "fail", "d3": None}
+
+    result, report, _ = harness("--model", RANDOM_MODEL, "--thresholds", "high.toml")
+    result.assert_outcomes(passed=1, failed=2)
+    assert replayed(report) == 2 and runs(pytester)[4:] == ["error"]
+    verdicts = {row["dataset"]: (row["gate"] or {}).get("verdict") for row in report["results"]}
+    assert verdicts == {"d1": None, "d2": "fail", "d3": None}
+
+
+def test_replay_can_be_turned_off(pytester, harness, as_suite):
+    """--no-replay and --embedding-cache off run every test; what was stored still replays afterwards."""
+    pytester.makepyfile(test_gated=GATED.split("\n\ndef test_high")[0])
+    for off in ([], ["--no-replay"], ["--embedding-cache", "off"]):
+        result, report, _ = harness("--model", RANDOM_MODEL, *off)
+        result.assert_outcomes(passed=1)
+        assert replayed(report) == 0
+    assert runs(pytester) == ["low"] * 3
+    result, report, _ = harness("--model", RANDOM_MODEL)
+    assert replayed(report) == 1 and runs(pytester) == ["low"] * 3
+
+
+def test_a_corrupt_entry_runs_the_test_again_with_a_warning(pytester, harness, as_suite):
+    """The stored entry (found from the key the run used, as the cache names its files), then one of the
+    per-sample arrays it points to, overwritten: each time the test runs again, passes, and says so in a
+    CacheWarning; the run stores it anew and the next run replays it."""
+    from clip_robustness.fixtures.cache import EmbeddingCache, cache_key
+
+    pytester.makepyfile(test_scores=SCORES)
+    result, report, probe = harness("--model", RANDOM_MODEL)
+    result.assert_outcomes(passed=1)
+    cache = EmbeddingCache(pytester.path / ".emb")
+    key = probe[0]["key"]
+    entry_path = cache.path_for(cache_key({**key, "encoding": "json"}))
+    (call,) = cache.peek_json(key)["calls"]
+    assert call["sample_names"] == ["scores_in", "scores_out"]
+    samples_path = cache.path_for(cache_key({"kind": "result-samples", "digest": call["samples"],
+                                             "name": "scores_out"}))
+    first = report["results"]
+
+    for broken in (entry_path, samples_path):
+        broken.write_bytes(b"not an npz file")
+        result, report, _ = harness("--model", RANDOM_MODEL)
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines([f"*CacheWarning: corrupt cache entry {broken}*recomputing*"])
+        assert replayed(report) == 0 and report["results"] == first
+    assert runs(pytester) == ["scores"] * 3
+    result, report, _ = harness("--model", RANDOM_MODEL)
+    assert replayed(report) == 1 and report["results"] == first and runs(pytester) == ["scores"] * 3
