@@ -30,7 +30,9 @@ from clip_robustness.fixtures.zoo import file_sha256
 from clip_robustness.plugins.report import package_versions
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
-CODE_DIRS = ("plugins", "fixtures")
+# the harness's code, and the zoo's architecture configs: a random-init or ARCH@PATH model of a zoo
+# architecture is built from its JSON, which no model fingerprint reads
+CODE_GLOBS = ("plugins/**/*.py", "fixtures/**/*.py", "fixtures/zoo/configs/*.json")
 SUITE_DIR = PACKAGE_ROOT / "robustness_tests"  # only the bundled suite's tests are replayed
 RESULT_VERSION = 1  # part of every key: bump to drop all stored results
 RESULT_KEY = pytest.StashKey[dict]()  # per item: its key, when it can be replayed
@@ -68,11 +70,14 @@ def tree_fingerprint(path: Path, cache: Any = None) -> str:
 
 
 def code_fingerprint(extra_files: list[Path]) -> str:
-    """Digest of the harness's own Python files and ``extra_files`` (the test module, conftest files)."""
-    files = sorted(p for d in CODE_DIRS for p in (PACKAGE_ROOT / d).rglob("*.py"))
+    """Digest of the harness's own files (``CODE_GLOBS``, each named by its path in the package) and
+    ``extra_files`` (the test module, conftest files; named by file name)."""
+    files = sorted({p for pattern in CODE_GLOBS for p in PACKAGE_ROOT.glob(pattern)})
     digest = hashlib.sha256()
-    for path in [*files, *sorted(set(map(Path, extra_files)))]:
-        digest.update(str(path.name).encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    for path in files:
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(set(map(Path, extra_files))):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -96,12 +101,17 @@ def model_fingerprint(spec: Any, cache: Any = None) -> str:
 
 
 def lmm_fingerprint(raw: str, cache: Any = None) -> str:
-    from clip_robustness.fixtures.lmm.adapter import parse_lmm_spec
+    """An LMM's folder and, when it is a separate model (``;tower=``, the embedded LMM's record), its CLIP
+    tower: an ``hf:`` LMM or a hub tower raises NotFingerprintable."""
+    from clip_robustness.fixtures.lmm.adapter import declared_tower, parse_lmm_spec
+    from clip_robustness.fixtures.model_specs import parse_model_spec
 
     spec = parse_lmm_spec(raw)
     if spec.kind == "hf":
         raise NotFingerprintable("an hf: LMM is resolved only when loaded")
-    return tree_fingerprint(Path(spec.folder), cache)
+    folder = tree_fingerprint(Path(spec.folder), cache)
+    tower = declared_tower(spec)
+    return folder if tower is None else folder + ";tower=" + model_fingerprint(parse_model_spec(tower), cache)
 
 
 def run_inputs(rb: Any, cache: Any = None) -> dict[str, Any]:
@@ -116,8 +126,9 @@ def run_inputs(rb: Any, cache: Any = None) -> dict[str, Any]:
         "version": RESULT_VERSION, "seed": rb.seed, "limit": rb.limit, "templates": templates,
         "precision": rb.precision, "device": rb.device.split(":")[0],
         "data": {name: tree_fingerprint(path, cache) for name, path in sorted(rb.data.items())},
-        "data_options": {k: {o: str(v) for o, v in sorted(opts.items())}
-                         for k, opts in sorted(getattr(rb, "data_options", {}).items())},
+        # an imagefolder's classnames/templates files: by content, as the templates above
+        "data_options": {k: {o: file_fingerprint(Path(v), cache) if Path(v).is_file() else str(v)
+                             for o, v in sorted(opts.items())} for k, opts in sorted(rb.data_options.items())},
         "libraries": package_versions(),
     }
 

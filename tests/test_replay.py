@@ -145,7 +145,8 @@ def test_unchanged_run_is_replayed_without_torch_and_reports_the_same(pytester, 
     pytester.makepyfile(test_outside=GATED.split("\n\ndef test_high")[0])
     args = (str(SUITE / "test_accuracy.py"), str(SUITE / "test_calibration.py"), "test_outside.py",
             "-c", "pyproject.toml", "--rootdir", str(pytester.path),
-            "--model", RANDOM_MODEL, "--limit", "12", "--templates", "single", "-k", "top1_world or calibration_world or low")
+            "--model", RANDOM_MODEL, "--limit", "12", "--templates", "single",
+            "-k", "top1_world or calibration_world or low")
     cold, first, probe = harness(*args)
     cold.assert_outcomes(passed=11, deselected=2)
     assert replayed(first) == 0 and not any(line["replayed"] for line in probe)
@@ -275,3 +276,45 @@ def test_a_corrupt_entry_runs_the_test_again_with_a_warning(pytester, harness, a
     assert runs(pytester) == ["scores"] * 3
     result, report, _ = harness("--model", RANDOM_MODEL)
     assert replayed(report) == 1 and report["results"] == first and runs(pytester) == ["scores"] * 3
+
+
+def test_the_key_reads_zoo_configs_lmm_towers_and_imagefolder_files(tmp_path, monkeypatch):
+    """Inputs read by content though no model fingerprint or option string shows them: a zoo architecture's
+    JSON (a random-init or ARCH@PATH model is built from it), an LMM's ``;tower=`` checkpoint, and the
+    classnames/templates files of an imagefolder --data set."""
+    from types import SimpleNamespace
+
+    from clip_robustness.plugins import replay
+
+    package = tmp_path / "package"
+    for name, text in {"plugins/a.py": "A = 1\n", "fixtures/zoo/configs/arch.json": '{"width": 8}'}.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    monkeypatch.setattr(replay, "PACKAGE_ROOT", package)
+    before = replay.code_fingerprint([])
+    (package / "fixtures/zoo/configs/arch.json").write_text('{"width": 16}')
+    assert replay.code_fingerprint([]) != before
+    (package / "plugins/a.py").rename(package / "fixtures/a.py")
+    moved = replay.code_fingerprint([])
+    (package / "fixtures/a.py").rename(package / "plugins/a.py")
+    assert replay.code_fingerprint([]) != moved
+    monkeypatch.undo()
+
+    folder, tower = tmp_path / "llava", tmp_path / "tower.safetensors"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    tower.write_bytes(b"first weights")
+    spec = f"{folder};tower=world-rn-tiny@{tower}"
+    before = replay.lmm_fingerprint(spec)
+    tower.write_bytes(b"other weights")
+    assert replay.lmm_fingerprint(spec) != before
+    with pytest.raises(replay.NotFingerprintable):
+        replay.lmm_fingerprint(f"{folder};tower=hf-hub:org/name")
+
+    classnames = tmp_path / "classnames.txt"
+    classnames.write_text("cat\ndog\n")
+    rb = SimpleNamespace(templates=("single",), seed=0, limit=None, precision="auto", device="cpu", data={},
+                         data_options={"imagefolder:pets": {"classnames": classnames}})
+    before = replay.run_inputs(rb)
+    classnames.write_text("dog\ncat\n")
+    assert replay.run_inputs(rb) != before
