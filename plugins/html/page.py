@@ -202,7 +202,8 @@ def _header(run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
         ("torch", versions.get("torch") or "n/a"),
         ("open_clip", versions.get("open_clip_torch") or versions.get("open_clip") or "n/a"),
         ("wall time", _duration(run.get("wall_time_s"))),
-        ("result cache", f"{fmt_count(hits)} hits / {fmt_count(misses)} misses{rate}"),
+        ("result cache", f"{fmt_count(hits)} hits / {fmt_count(misses)} misses{rate}"
+                         + (f"; {fmt_count(cache['replayed'])} tests replayed" if cache.get("replayed") else "")),
     ]
     summary = [
         ("models", ", ".join(map(str, config.get("models") or list(run.get("models") or {}))) or "n/a"),
