@@ -55,7 +55,9 @@ PROPERTY_LIST = (
              view="clip_robustness.plugins.html.corruption:corruption_plots", group_by="corruption"),
     Property("multiview", "3D awareness (multi-view)", "3D awareness: dense correspondence across views, "
              "multi-view consistency", ("correspondence_gain", "correspondence_recall", "consistency"),
-             view=""),
+             # the headline cell: views 90-120 degrees apart, where a same-position guess is at chance, so a
+             # tower without 3D awareness (position-only or shuffled features) scores about zero there
+             preferred={"angle": "90-120", "threshold": "8px"}, view=""),
     Property("lmm", "LMM interaction", "LMM built on the CLIP tower vs the CLIP alone", ("lmm_gain",),
              preferred={"scoring": "loglik"}, data=("imagenet-d",), view="clip_robustness.plugins.html.lmm:lmm_plots"),
 )
