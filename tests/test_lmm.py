@@ -255,6 +255,47 @@ def test_default_lmms_follow_the_runs_models():
     assert tower == "ViT-L-14-336:openai"
 
 
+def test_demonstration_lmms_run_only_by_name(tmp_path, monkeypatch):
+    """An LMM whose lmm.json carries "demonstration" stays out of the default list and runs when named."""
+    from clip_robustness.fixtures.lmm import adapter
+
+    for name in ("world-llava", "demo-llava"):
+        (tmp_path / name).mkdir()
+        for file in ("config.json", "lmm.json"):
+            shutil.copy(adapter.EMBEDDED_DIR / "world-llava" / file, tmp_path / name / file)
+    record = json.loads((tmp_path / "demo-llava" / "lmm.json").read_text())
+    (tmp_path / "demo-llava" / "lmm.json").write_text(json.dumps({**record, "demonstration": "a mechanism"}))
+    monkeypatch.setattr(adapter, "EMBEDDED_DIR", tmp_path)
+    assert adapter.embedded_names() == ["demo-llava", "world-llava"]
+    assert [s.id for s, _ in run_lmms([], ["embedded:rn-clip"])] == ["embedded:world-llava"]
+    assert [(s.id, t) for s, t in run_lmms(["embedded:demo-llava"], ["embedded:rn-clip"])] == [
+        ("embedded:demo-llava", "embedded:rn-clip")]
+
+
+def test_outside_knowledge_lmm_is_labelled_and_never_trained_on_evaluated_scenes():
+    """world-llava-outside: world-llava's recipe and tower plus shift-split renders, whose scenes are not
+    the ones the lmm property evaluates (sample_specs(split, n, --seed 0)); drawn with seed 0 they would be."""
+    from dataclasses import asdict
+
+    from clip_robustness.fixtures import world
+    from clip_robustness.fixtures.datasets import WORLD_SIZES
+    from clip_robustness.fixtures.lmm.adapter import embedded_record
+    from clip_robustness.fixtures.lmm.world_llava import DEMONSTRATIONS, RECIPE, RECIPES
+
+    recipe = RECIPES["world-llava-outside"]
+    record, base = embedded_record(recipe.name), embedded_record(RECIPE.name)
+    assert record["demonstration"] == DEMONSTRATIONS[recipe.name] and "demonstration" not in base
+    assert record["recipe"] == json.loads(json.dumps(asdict(recipe)))
+    assert (record["tower"], record["tower_sha256"]) == (base["tower"], base["tower_sha256"])
+    # the same recipe as world-llava but for the outside data (world-llava's record predates those fields)
+    differs = {k for k, v in asdict(recipe).items() if json.loads(json.dumps(v)) != base["recipe"].get(k)}
+    assert differs == {"name", "outside_splits", "outside_images", "outside_seed"}
+    for split in recipe.outside_splits:
+        evaluated = {s.id for s in world.sample_specs(split, WORLD_SIZES[split], 0)}
+        assert not evaluated & {s.id for s in world.sample_specs(split, recipe.outside_images, recipe.outside_seed)}
+        assert evaluated <= {s.id for s in world.sample_specs(split, recipe.outside_images, 0)}
+
+
 def test_corrupted_embedded_weights_name_the_file(tmp_path, monkeypatch):
     from clip_robustness.fixtures.lmm import adapter
 
