@@ -24,14 +24,16 @@ def f3(x) -> str:
 
 
 def demonstrations() -> None:
-    print("| model | from | test top-1 | shape bias | shape bias of `from` | style | OOD AUROC near / far (MSP) |")
+    print("| model | from | test top-1 (openai / single) | shape bias | shape bias of `from` | style | "
+          "OOD AUROC near / far (MSP) |")
     print("|---|---|---|---|---|---|---|")
     for e in zoo.list_models():
         if e.demonstration:
-            r, base = e.recorded, e.metadata["init_from"]
-            print(f"| `{e.name}` | `{base}` | {f3(r['test_top1'])} | {f3(r['shape_bias'])} | "
-                  f"{f3(zoo.get(base).recorded['shape_bias'])} | {f3(r['shift_style_top1'])} | "
-                  f"{f3(r['ood_auroc_msp_heldout'])} / {f3(r['ood_auroc_msp_far_ood'])} |")
+            r, base = e.recorded, e.metadata["init_from"]  # None: trained from scratch
+            base_bias = f3(zoo.get(base).recorded["shape_bias"]) if base else ""
+            print(f"| `{e.name}` | {f'`{base}`' if base else 'scratch'} | {f3(r['test_top1'])} / "
+                  f"{f3(r['test_top1_single']) or '-'} | {f3(r['shape_bias'])} | {base_bias} | "
+                  f"{f3(r['shift_style_top1'])} | {f3(r['ood_auroc_msp_heldout'])} / {f3(r['ood_auroc_msp_far_ood'])} |")
 
 
 def main() -> None:
