@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from clip_robustness.fixtures.zoo import file_sha256
-from clip_robustness.plugins.report import package_versions
+from clip_robustness.plugins.report import arrays_digest, package_versions
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
 # the harness's code, and the zoo's architecture configs: a random-init or ARCH@PATH model of a zoo
@@ -151,26 +151,6 @@ def item_key(item: Any, rb: Any, run_key: dict[str, Any], models: dict[str, str]
     return key
 
 
-def encode_entry(calls: list[dict[str, Any]], models: dict[str, Any]) -> dict[str, Any]:
-    """A stored result: the record calls (samples stored separately, by digest) and run.models blocks."""
-    return {"calls": calls, "models": models}
-
-
-def samples_digest(samples: dict[str, Any]) -> str:
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for name, value in sorted(samples.items()):
-        value = np.ascontiguousarray(value)
-        digest.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, allow_nan=True, default=str)
-
-
 class ResultCache:
     """The pytest side: replays a test whose key is stored, stores the record calls of one that ran.
 
@@ -251,12 +231,12 @@ class ResultCache:
         for call in calls:
             call = dict(call)
             samples = call.pop("arrays", None)
-            call["samples"] = samples_digest(samples) if samples else None
+            call["samples"] = arrays_digest(samples) if samples else None
             call["sample_names"] = sorted(samples) if samples else []
             for name, value in (samples or {}).items():
                 self.cache.put({"kind": "result-samples", "digest": call["samples"], "name": name}, value)
             stored.append(call)
-        self.cache.put_json(key, encode_entry(stored, models))
+        self.cache.put_json(key, {"calls": stored, "models": models})  # samples stored apart, by digest
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:

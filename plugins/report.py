@@ -44,17 +44,23 @@ PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit
 SAMPLES_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of named arrays' names, dtypes, shapes and bytes: per-sample file names, result-cache entries."""
+    digest = hashlib.sha256()
+    for name, value in sorted(arrays.items()):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def save_samples(report_dir: Path, arrays: dict[str, np.ndarray]) -> str:
     """Write per-sample arrays once per content; returns the path relative to ``report_dir`` (this run's
     staging folder). The name is a digest of the arrays, so the work is done once per content: a file
     this run already wrote is kept, one the previous report in the folder above holds is linked, not
     compressed again (a warm re-run records the same arrays)."""
     # Name by the arrays' content (not the zip bytes, which hold timestamps) so identical outputs share a file.
-    digest = hashlib.sha256()
-    for key, value in sorted(arrays.items()):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    rel = f"samples/{digest.hexdigest()[:20]}.npz"
+    rel = f"samples/{arrays_digest(arrays)[:20]}.npz"
     path = Path(report_dir) / rel
     if path.exists():
         return rel
