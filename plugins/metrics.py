@@ -1345,7 +1345,8 @@ def register_metric(info: MetricInfo) -> None:
     """Add a report metric defined outside this module (a project's own property, registered from its
     conftest.py through clip_robustness.plugins.properties.register). Registering an equal entry again is a
     no-op (a conftest imported twice); a different entry under a taken name is refused. Entries are
-    compared by what the report reads (direction, bounds, description, key), not by function identity.
+    compared by what the report reads (direction, bounds, description, key) and by the names of their
+    function and recompute statistic (not their identity: a conftest imported again makes new objects).
 
     >>> register_metric(METRICS["top1"])  # the same entry: nothing changes
     """
@@ -1359,7 +1360,14 @@ def register_metric(info: MetricInfo) -> None:
 
 
 def _declared(info: MetricInfo) -> tuple[Any, ...]:
-    return info.higher_is_better, info.lower_bound, info.upper_bound, info.description, info.key
+    # functions by name, not identity: a conftest imported again defines equal functions anew
+    def named(fn: Any) -> Any:
+        fn = getattr(fn, "func", fn)  # a functools.partial: its function
+        return None if fn is None else (getattr(fn, "__module__", None), getattr(fn, "__qualname__", repr(fn)))
+
+    recompute = None if info.recompute is None else (tuple(info.recompute[0]), named(info.recompute[1]))
+    return (info.higher_is_better, info.lower_bound, info.upper_bound, info.description, info.key,
+            named(info.func), recompute)
 
 
 def metric_info(name: str) -> MetricInfo:

@@ -75,16 +75,16 @@ def register(prop: Property, *, metrics: Iterable[Any] = ()) -> None:
         raise TypeError(f"register() takes a Property, got {type(prop).__name__}")
     from clip_robustness.plugins.metrics import METRICS, register_metric
 
+    known = PROPERTIES.get(prop.name)  # checked first, so a refused property registers none of its metrics
+    if known is not None and known != prop:
+        raise ValueError(f"property {prop.name!r} is already registered with another definition; "
+                         "pick another name for yours")
     for info in metrics:
         register_metric(info)
     unknown = [m for m in prop.headline if m not in METRICS]
     if unknown:
         raise ValueError(f"property {prop.name!r}: headline metric(s) {unknown} are not registered; pass their "
                          "MetricInfo entries as register(..., metrics=[...])")
-    known = PROPERTIES.get(prop.name)
-    if known is not None and known != prop:
-        raise ValueError(f"property {prop.name!r} is already registered with another definition; "
-                         "pick another name for yours")
     PROPERTIES[prop.name] = prop
 
 

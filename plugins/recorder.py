@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from clip_robustness.plugins.rows import Row
+from clip_robustness.plugins.rows import Row, row_problems
 from clip_robustness.plugins.state import GATE_FAILURES, RB_CONFIG
 
 Samples = dict[str, np.ndarray]
@@ -131,7 +131,9 @@ class Recorder:
         _check(row, f"record(): the row of {self.test}")
         data = row.to_json()
         self.gate(data, samples)
-        _check(Row(**data), f"the row of {self.test} (after the report-row hook and the gates)")  # a hook may break it
+        problems = row_problems(data, f"the row of {self.test} (after the report-row hook and the gates)")
+        if problems:  # a hook may break it
+            raise ValueError(problems[0])
         self.sink(data)
         return data
 

@@ -152,7 +152,9 @@ def regression_verdict(row: dict[str, Any], comparison: dict[str, Any], rule: Th
     lo, hi = comparison["ci"]
     drops = sorted((-sign * lo, -sign * hi))  # CI of the drop
     tol = float(rule.max_drop)
-    if any(math.isnan(x) for x in drops):
+    if math.isnan(drop):  # a change that cannot be computed never passes a regression gate
+        verdict = FAIL
+    elif any(math.isnan(x) for x in drops):
         verdict = FAIL if drop > tol else PASS
     else:
         verdict = FAIL if drops[0] > tol else INCONCLUSIVE if drop > tol else PASS

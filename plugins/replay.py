@@ -44,13 +44,14 @@ class NotFingerprintable(Exception):
 
 
 def file_fingerprint(path: Path, cache: Any = None) -> str:
-    """sha256 of a file's bytes, memoised in ``cache`` (an EmbeddingCache) by path, size, mtime and inode."""
+    """sha256 of a file's bytes, memoised in ``cache`` (an EmbeddingCache) by path, size, mtime, ctime, inode."""
     path = Path(path).resolve()
     stat = path.stat()
     if cache is None:
         return file_sha256(path)
+    # ctime too: mtime can be set back (cp -p), ctime moves on every write
     parts = {"kind": "file-sha256", "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "inode": stat.st_ino}
+             "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
     return cache.get_or_compute_json(parts, lambda: file_sha256(path))
 
 
@@ -141,8 +142,9 @@ def item_key(item: Any, rb: Any, run_key: dict[str, Any], models: dict[str, str]
     used = [params["clip"]] if "clip" in params else list(models)
     if any(models.get(m) is None for m in used):
         return None
+    # a list, in --model order: a cross-model test's reference is the run's first model
     key = {"kind": "test-result", "test": item.nodeid, "code": code, "run": run_key,
-           "models": {m: models[m] for m in used}}
+           "models": [[m, models[m]] for m in used]}
     if "lmm" in params:
         fingerprint = lmms.get(params["lmm"])
         if fingerprint is None:
@@ -226,15 +228,23 @@ class ResultCache:
         return key, entry
 
     def store(self, key: dict[str, Any], calls: list[dict[str, Any]], models: dict[str, Any]) -> None:
-        """Store a finished test's record calls (samples by digest, each array once) and model blocks."""
-        stored = []
+        """Store a finished test's record calls (samples by digest, each array once) and model blocks. A test
+        whose per-sample arrays hold NaN or inf is not stored: the cache never serves non-finite arrays."""
+        import numpy as np
+
+        if any(np.asarray(v).dtype.kind in "fc" and not np.isfinite(v).all()
+               for call in calls for v in (call.get("arrays") or {}).values()):
+            return
+        stored, written = [], set()
         for call in calls:
             call = dict(call)
             samples = call.pop("arrays", None)
             call["samples"] = arrays_digest(samples) if samples else None
             call["sample_names"] = sorted(samples) if samples else []
             for name, value in (samples or {}).items():
-                self.cache.put({"kind": "result-samples", "digest": call["samples"], "name": name}, value)
+                if (call["samples"], name) not in written:  # tests pass one samples dict to many rows
+                    self.cache.put({"kind": "result-samples", "digest": call["samples"], "name": name}, value)
+                    written.add((call["samples"], name))
             stored.append(call)
         self.cache.put_json(key, {"calls": stored, "models": models})  # samples stored apart, by digest
 

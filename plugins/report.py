@@ -45,13 +45,11 @@ SAMPLES_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 of named arrays' names, dtypes, shapes and bytes: per-sample file names, result-cache entries."""
-    digest = hashlib.sha256()
-    for name, value in sorted(arrays.items()):
-        value = np.ascontiguousarray(value)
-        digest.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
+    """The content digest of named arrays (clip_robustness.plugins.stats.arrays_digest, names sorted)."""
+    from clip_robustness.plugins.stats import arrays_digest as digest_of
+
+    names = sorted(arrays)
+    return digest_of([arrays[k] for k in names], names)
 
 
 def save_samples(report_dir: Path, arrays: dict[str, np.ndarray]) -> str:

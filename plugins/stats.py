@@ -398,13 +398,15 @@ def _source_digest(module: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
-def _arrays_digest(arrays: Sequence[Any]) -> str | None:
+def arrays_digest(arrays: Sequence[Any], names: Sequence[str] | None = None) -> str | None:
+    """sha256 of arrays' (names,) dtypes, shapes and bytes; None for object arrays (no stable bytes). The one
+    digest of array content: CI cache keys, per-sample file names, result-cache entries."""
     digest = hashlib.sha256()
-    for a in arrays:
+    for i, a in enumerate(arrays):
         arr = np.ascontiguousarray(a)
         if arr.dtype.hasobject:
             return None
-        digest.update(f"{arr.dtype.str}{arr.shape};".encode())
+        digest.update(f"{names[i] + chr(0) if names else ''}{arr.dtype.str}{arr.shape};".encode())
         digest.update(arr.data)
     return digest.hexdigest()
 
@@ -429,7 +431,7 @@ def ci_cache_parts(statistic: Callable[..., Any], arrays: Sequence[Any], *, two_
     True
     """
     identity = _statistic_identity(statistic)
-    samples = _arrays_digest(arrays) if identity is not None else None
+    samples = arrays_digest(arrays) if identity is not None else None
     if samples is None:
         return None
     func = statistic.func if isinstance(statistic, partial) else statistic

@@ -77,6 +77,11 @@ def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
 
 @pytest.mark.parametrize("split", ("test",) + WORLD_SHIFT_SPLITS)
 def test_lmm_world(lmm, world, cache, record, rb_config, split):
+    recipe = lmm.record.get("recipe") or {}
+    if split in (recipe.get("outside_splits") or ()) and recipe.get("outside_seed") == rb_config.seed:
+        # its training scenes are sample_specs(split, n, outside_seed): this --seed would measure them
+        pytest.fail(f"{lmm.id} was trained on {split} scenes drawn with seed {rb_config.seed}, so --seed "
+                    f"{rb_config.seed} would measure it on its own training data; use another --seed", pytrace=False)
     record_lmm(lmm, world(split), cache, record, rb_config)
 
 

@@ -220,3 +220,21 @@ def test_shuffled_rn_clip_features_lose_their_gain(multiview_scenes):
         assert every.gain_ci[1] < 0.0, (t, every)
     real = _headline(renders, scenes.item_ids, grids, stride, 4.0)
     assert real.gain_ci[0] > 0.0, real
+
+
+def test_score_pairs_by_hand():
+    """Two scenes, three points, threshold 4 px (strict): recall 2/3, same position 1/3 (an error of exactly
+    4 px is a miss), gain 1/3, chance 1/3; the recall is plugins.metrics.correspondence_recall's."""
+    from clip_robustness.fixtures.multiview import ViewPair, score_pairs
+    from clip_robustness.plugins.metrics import correspondence_recall
+
+    cand = np.array([[0.0, 0.0], [100.0, 100.0]])
+    pairs = [ViewPair(0, 45.0, np.array([[1.0, 0.0], [10.0, 5.0]]), np.array([[0.0, 0.0], [10.0, 0.0]]), cand,
+                      np.array([[4.0, 0.0], [10.0, 0.0]])),
+             ViewPair(1, 45.0, np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]]), cand, np.array([[9.0, 9.0]]))]
+    sc = score_pairs(pairs, 4.0, seed=0)
+    assert (sc.recall, sc.same_position, sc.gain, sc.chance) == pytest.approx((2 / 3, 1 / 3, 1 / 3, 1 / 3))
+    assert (sc.points, sc.view_pairs, sc.scenes) == (3, 2, 2)
+    pred = np.concatenate([p.predicted for p in pairs])
+    true = np.concatenate([p.true for p in pairs])
+    assert sc.recall == pytest.approx(correspondence_recall(pred, true, thresholds=(4.0,))[4.0])

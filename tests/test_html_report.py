@@ -633,3 +633,13 @@ def test_figures_of_an_unchanged_report_come_from_the_cache(tmp_path, monkeypatc
     first["value"] = round(first["value"] - 0.2, 6)
     drawn.clear()
     assert html(changed, cache) == html(changed, None) and drawn  # a changed input is drawn again
+
+
+def test_a_view_that_breaks_costs_its_figures_not_the_report(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setitem(PROPERTIES, "accuracy", dataclasses.replace(PROPERTIES["accuracy"], view="no_such_module:plots"))
+    html = render_html({"run": {}, "results": [row("accuracy", M1, "world:test", "", "top1", 0.5)]},
+                       report_dir=tmp_path)
+    assert "the figures of accuracy could not be drawn (ValueError: property &#39;accuracy&#39;: its view" in html
+    assert "world:test" in html  # the table still lists the cell

@@ -458,3 +458,15 @@ def test_lmm_on_a_real_imagenet_d_folder_with_syntax_characters_in_class_names(r
     classes = {parse_condition(r["condition"]).get("class") for r in rows} - {None}
     assert classes == {"cube", "cup=mug", "prism;hex"}
     assert {r["dataset"] for r in rows} == {"imagenet-d:background"}
+
+
+def test_demonstration_lmm_refuses_the_seed_of_its_own_training_scenes(run_harness, tmp_path):
+    """world-llava-outside was trained on shift-split scenes drawn with its outside_seed: measured with that
+    --seed it would be graded on its own training data, a gain that is not one. The test fails in one sentence."""
+    result = run_harness(str(Path(__file__).parents[1] / "robustness_tests" / "test_lmm.py"), "--model",
+                         "embedded:rn-clip", "--lmm", "embedded:world-llava-outside", "--seed", "999", "--limit", "8",
+                         "-k", "world and shift-background", f"--report-dir={tmp_path / 'rep'}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*embedded:world-llava-outside was trained on shift-background scenes drawn with "
+                                 "seed 999, so --seed 999 would measure it on its own training data; use another --seed*"])
+    assert "Traceback" not in result.stdout.str()

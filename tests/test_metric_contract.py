@@ -340,3 +340,17 @@ def test_scalar_metrics_validate_range_and_broadcast(name):
     batch = np.array([a, a / 2, 1.0])
     np.testing.assert_allclose(_value(name, (batch, b)),
                                [_value(name, (float(v), b)) for v in batch], err_msg=name)
+
+
+def test_register_metric_refuses_another_function_under_a_taken_name():
+    """A project's entry that computes a built-in metric differently must not replace it (the regression
+    comparison recomputes through it); the same entry again is a no-op."""
+    import dataclasses
+
+    top1 = M.METRICS["top1"]
+    M.register_metric(top1)
+    for changed in (dataclasses.replace(top1, func=np.mean),
+                    dataclasses.replace(top1, recompute=(("logits", "labels"), np.mean))):
+        with pytest.raises(ValueError, match="already registered with another definition"):
+            M.register_metric(changed)
+    assert M.METRICS["top1"] is top1

@@ -284,3 +284,11 @@ def test_missing_baseline_sample_file_falls_back_to_an_unpaired_comparison(pytes
     refused.stderr.fnmatch_lines(["*its rows reference per-sample files (samples/*.npz) but * is missing; copy the "
                                   "baseline report's samples/ folder next to robustness.json"])
     assert "Traceback" not in refused.stderr.str() + result.stdout.str()
+
+
+def test_a_change_that_cannot_be_computed_fails_its_max_drop_gate():
+    """A NaN delta (recomputed from samples that give NaN) must never read as 'within the tolerance'."""
+    row = {**_cls_row(np.eye(3), np.arange(3))}
+    comparison = {"delta": float("nan"), "ci": [float("nan"), float("nan")], "baseline_model": "base",
+                  "baseline_value": 1.0, "p_value": None, "method": "paired bootstrap"}
+    assert regression_verdict(row, comparison, Threshold("accuracy", "top1", max_drop=0.5))["verdict"] == "fail"

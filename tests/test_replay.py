@@ -318,3 +318,18 @@ def test_the_key_reads_zoo_configs_lmm_towers_and_imagefolder_files(tmp_path, mo
     before = replay.run_inputs(rb)
     classnames.write_text("dog\ncat\n")
     assert replay.run_inputs(rb) != before
+
+
+def test_the_key_of_a_cross_model_test_follows_the_model_order():
+    """mCE takes the run's first model as its reference when rn-clip is absent: --model A --model B and
+    --model B --model A must not share a stored result."""
+    from types import SimpleNamespace
+
+    from clip_robustness.fixtures.cache import cache_key
+    from clip_robustness.plugins.replay import item_key
+
+    item = SimpleNamespace(nodeid="test_corruption2d.py::test_mce_world")
+    ab = item_key(item, None, {}, {"a": "fa", "b": "fb"}, {}, "code")
+    ba = item_key(item, None, {}, {"b": "fb", "a": "fa"}, {}, "code")
+    assert cache_key(ab) != cache_key(ba)
+    assert cache_key(ab) == cache_key(item_key(item, None, {}, {"a": "fa", "b": "fb"}, {}, "code"))

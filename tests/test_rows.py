@@ -68,3 +68,15 @@ def test_the_recorder_refuses_a_malformed_row_when_it_is_recorded(tmp_path):
     with pytest.raises(ValueError, match=r"record\(\): the row of t.py::test needs a string 'dataset'; got 3"):
         record("auroc", 0.8, dataset=3, model="m")
     assert len(shipped) == 1
+
+
+def test_a_hook_that_adds_a_top_level_field_gets_the_rows_sentence(tmp_path):
+    """A report-row hook (run inside ``gate``) that breaks the row's shape is named, not a TypeError."""
+    from clip_robustness.plugins.recorder import Recorder
+
+    def gate(row, samples):
+        row["note"] = "from a hook"
+
+    record = Recorder("t.py::test", "ood", None, 0, tmp_path, None, sink=lambda row: None, gate=gate)
+    with pytest.raises(ValueError, match=r"after the report-row hook and the gates\) has an unknown field 'note'"):
+        record("auroc", 0.8, dataset="world:test", model="m")

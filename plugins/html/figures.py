@@ -169,11 +169,31 @@ def figure_inputs(rows: Sequence[dict[str, Any]], run: dict[str, Any], store: Sa
     files = sorted({r["samples"] for r in rows if r.get("samples")})
     rows = [{**r, "extra": {k: v for k, v in (r.get("extra") or {}).items() if k not in UNPLOTTED_EXTRA}} for r in rows]
     code = sorted(Path(__file__).parent.glob("*.py")) + [Path(m.__file__) for m in (_metrics, _properties)]
+    code += _view_sources({r["property"] for r in rows})  # a project's own view (properties.register) too
     state = {"rows": rows, "models": run.get("models") or {},
              "templates": (run.get("config") or {}).get("templates"), "samples": [[f, *store.status(f)] for f in files],
              "matplotlib": matplotlib.__version__, "version": FIGURE_CACHE_VERSION,
              "code": [hashlib.sha256(path.read_bytes()).hexdigest() for path in code]}
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _view_sources(props: set[str]) -> list[Path]:
+    """The source files of the registry's views of ``props`` that live outside this package."""
+    import importlib.util
+
+    out = []
+    for prop in sorted(props):
+        entry = _properties.PROPERTIES.get(prop)
+        if entry is None or not entry.view:
+            continue
+        try:
+            spec = importlib.util.find_spec(entry.view.partition(":")[0])
+        except (ImportError, ValueError):  # the section notes that its view cannot be imported
+            continue
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        if origin is not None and origin.is_file() and origin.parent != Path(__file__).parent:
+            out.append(origin)
+    return out
 
 
 _COORD_ATTR = re.compile(r'\b(d|x|y|width|height|transform|viewBox)="([^"]*)"')

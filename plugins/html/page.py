@@ -259,9 +259,14 @@ def _sample_files(rows: list[dict[str, Any]], store: SampleStore) -> list[dict[s
 def _section(ctx: SectionContext, renderer: FigureRenderer, anchor: str) -> dict[str, Any]:
     """One property's section: its view's figures (at most ``MAX_FIGURES``, the most informative first),
     the notes they made, and its table of every cell."""
-    view = plot_function(ctx.prop)
     figures: list[RenderedFigure] = []
-    candidates = view(ctx) if view else []
+    try:
+        view = plot_function(ctx.prop)
+        candidates = view(ctx) if view else []
+    except Exception as err:  # a project's view (or ours) that breaks costs its figures, never the report
+        ctx.note(f"the figures of {ctx.prop} could not be drawn ({type(err).__name__}: {err}); the table lists "
+                 "every cell.")
+        candidates = []
     for i, plot in enumerate(candidates):
         if len(figures) == MAX_FIGURES:
             ctx.note(f"{len(candidates) - i} more figures are not drawn to keep the report small "

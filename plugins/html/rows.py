@@ -135,29 +135,11 @@ def primary_row(rows: Sequence[dict[str, Any]], run: dict[str, Any]) -> dict[str
 
 
 def validate_report(report: Any) -> None:
-    """Raise a ValueError naming the first problem of a parsed robustness.json object."""
-    if not isinstance(report, dict):
-        raise ValueError(f"a robustness report is a JSON object with 'run' and 'results'; got {type(report).__name__}")
-    if not isinstance(report.get("results"), list):
-        raise ValueError("the report has no 'results' list: is this a robustness.json written by the harness?")
-    if not isinstance(report.get("run", {}), dict):
-        raise ValueError(f"report 'run' must be an object, got {type(report['run']).__name__}")
-    for i, row in enumerate(report["results"]):
-        where = f"results[{i}]"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where} must be an object, got {type(row).__name__}")
-        for key in ("property", "model", "dataset", "condition", "metric"):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{where} needs a string {key!r}; got {row.get(key)!r}")
-        value = row.get("value")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{where} ({row['metric']}) value must be a number or null; got {value!r}")
-        ci = row.get("ci")
-        if ci is not None and not (isinstance(ci, list) and len(ci) == 2
-                                   and all(c is None or isinstance(c, (int, float)) for c in ci)):
-            raise ValueError(f"{where} ci must be [lo, hi] or null; got {ci!r}")
-        gate = row.get("gate")
-        if gate is not None and (not isinstance(gate, dict) or gate.get("verdict") not in VERDICTS):
-            raise ValueError(f"{where} gate must be null or an object with verdict in {VERDICTS}; got {gate!r}")
-        if row.get("samples") is not None and not isinstance(row["samples"], str):
-            raise ValueError(f"{where} samples must be a path relative to the report folder or null")
+    """Raise a ValueError naming the first problem of a parsed robustness.json object (the one check every
+    reader uses: clip_robustness.plugins.rows.Report.problems)."""
+    from clip_robustness.plugins.rows import Report
+
+    problems = Report.problems(report, "report")
+    if problems:
+        raise ValueError(problems[0])
+
