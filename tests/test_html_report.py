@@ -492,10 +492,10 @@ def test_render_cli_rejects_missing_and_malformed_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda rep: rep["results"][1].pop("metric"), r"results\[1\] needs a string 'metric'"),
+    (lambda rep: rep["results"][1].pop("metric"), r"results\[1\] lacks the field 'metric'"),
     (lambda rep: rep["results"][0].update(value="high"), r"results\[0\] \(top1\) value must be a number"),
-    (lambda rep: rep["results"][2].update(gate={"verdict": "maybe"}), r"results\[2\] gate must be null"),
-    (lambda rep: rep.pop("results"), "no 'results' list"),
+    (lambda rep: rep["results"][2].update(gate={"verdict": "maybe"}), r"results\[2\] \(top1\) gate must be null or an object .*got \{'verdict': 'maybe'\}"),
+    (lambda rep: rep.pop("results"), "not a robustness.json report \\(it needs a 'run' object and a 'results' list"),
 ])
 def test_malformed_reports_raise_clear_errors(tmp_path, mutate, message):
     report = {"run": {}, "results": [row("accuracy", M1, "world:test", "", "top1", 0.5 + i / 10) for i in range(3)]}
