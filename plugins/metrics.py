@@ -70,6 +70,7 @@ __all__ = [
     "ood_auroc_score",
     "recall_at_k",
     "relative_accuracy",
+    "accuracy_ratio",
     "relative_mce",
     "retrieval_recalls",
     "shape_bias_score",
@@ -1126,6 +1127,32 @@ def relative_accuracy(acc_corrupt: Any, acc_clean: Any, *,
     c = _accuracies(acc_corrupt, "acc_corrupt", validate=validate)
     clean = _accuracies(acc_clean, "acc_clean", validate=validate)
     return _safe_ratio(c, clean, "relative_accuracy (acc_clean == 0)")
+
+
+def accuracy_ratio(correct: Any, clean_correct: Any, *, validate: bool = True) -> float:
+    """:func:`relative_accuracy` from per-item 0/1 correctness: ``mean(correct) / mean(clean_correct)``
+    (nan with a warning when the clean items are all wrong). The two may be the same items (paired) or
+    not; the bootstrap evaluates it on whole index matrices at once (its batched form below).
+
+    >>> accuracy_ratio([1, 0, 1, 0], [1, 1, 1, 0])
+    0.6666666666666666
+    """
+    return float(relative_accuracy(float(np.mean(correct)), float(np.mean(clean_correct)), validate=validate))
+
+
+def _accuracy_ratio_items(correct: Any, clean_correct: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    return None if _mean_items(correct) is None or _mean_items(clean_correct) is None else \
+        (np.asarray(correct, dtype=np.float64), np.asarray(clean_correct, dtype=np.float64))
+
+
+def _accuracy_ratio_from_resamples(summaries: tuple[np.ndarray, np.ndarray], idx: np.ndarray,
+                                   clean_idx: np.ndarray) -> np.ndarray:
+    correct, clean = summaries
+    return np.asarray(_safe_ratio(correct[idx].mean(axis=1), clean[clean_idx].mean(axis=1),
+                                  "relative_accuracy (acc_clean == 0)"))
+
+
+BATCHED[accuracy_ratio] = BatchedForm(_accuracy_ratio_items, _accuracy_ratio_from_resamples, samples=2)
 
 
 def _corruption_errors(err_model: Any, err_reference: Any, *,

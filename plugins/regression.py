@@ -76,15 +76,26 @@ def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
 
     ID items and OOD items are resampled apart (stratified, as for the metric's own CI) and the same
     indices go to candidate and baseline. Written here because ``scipy.stats.bootstrap`` pairs one
-    item axis only. Returns ``(delta, (lo, hi), one-sided p-value for a drop)``.
+    item axis only. A statistic with a batched form (AUROC, FPR@TPR, AUPR) is evaluated on all
+    resamples at once, from the same indices. Returns ``(delta, (lo, hi), one-sided p-value for a drop)``.
     """
+    from clip_robustness.plugins.stats import MAX_BATCH_ENTRIES, batched_statistic
+
     rng = np.random.default_rng(seed)
     n_a, n_b = len(cand[0]), len(cand[1])
     delta = statistic(*cand) - statistic(*base)
-    deltas = np.empty(n_resamples)
-    for r in range(n_resamples):
-        ia, ib = rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)
-        deltas[r] = statistic(cand[0][ia], cand[1][ib]) - statistic(base[0][ia], base[1][ib])
+    of_cand, of_base = (batched_statistic(statistic, arrays, samples=2) for arrays in (cand, base))
+    chunk = max(1, MAX_BATCH_ENTRIES // max(n_a + n_b, 1)) if of_cand and of_base else 1
+    deltas = []
+    for start in range(0, n_resamples, chunk):
+        # drawn in the order of a per-resample loop, so the indices do not depend on the chunking
+        draws = [(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(min(chunk, n_resamples - start))]
+        ia, ib = (np.stack(d) for d in zip(*draws))  # (R, n_a), (R, n_b)
+        if of_cand and of_base:
+            deltas.append(of_cand(ia, ib) - of_base(ia, ib))  # (R,)
+        else:
+            deltas.append([statistic(cand[0][a], cand[1][b]) - statistic(base[0][a], base[1][b]) for a, b in zip(ia, ib)])
+    deltas = np.concatenate(deltas)  # (n_resamples,)
     lo, hi = np.percentile(deltas, [2.5, 97.5])
     not_worse = deltas >= 0 if higher_is_better else deltas <= 0
     return float(delta), (float(lo), float(hi)), (1 + int(not_worse.sum())) / (1 + n_resamples)

@@ -55,7 +55,7 @@ __all__ = [
 Method = Literal["percentile", "basic", "BCa"]
 _METHODS = ("percentile", "basic", "BCa")
 # Upper bound on resampled indices held at once (n_resamples x n int64): 4M entries = 32 MiB.
-_MAX_BATCH_ENTRIES = 1 << 22
+MAX_BATCH_ENTRIES = 1 << 22
 
 Interval = tuple[float, float]
 
@@ -92,7 +92,7 @@ def _nan_interval(message: str) -> Interval:
     return (math.nan, math.nan)
 
 
-def _batched(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *,
+def batched_statistic(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *,
              samples: int = 1) -> Callable[..., np.ndarray] | None:
     """``statistic`` as a function of index matrices, evaluated on all their rows (resamples) at once from
     per-item summaries, when it has a batched form covering ``arrays``; None: call it per resample.
@@ -122,9 +122,9 @@ def _run_bootstrap(index_samples: tuple[np.ndarray, ...], stat_of_indices: Calla
                    *, n_resamples: int, confidence: float, seed: int,
                    method: Method, vectorized: bool = False) -> Any:
     """scipy.stats.bootstrap over index vectors (per-resample degeneracy is left to _interval);
-    ``vectorized``: ``stat_of_indices`` takes (B, k) index matrices (see _batched)."""
+    ``vectorized``: ``stat_of_indices`` takes (B, k) index matrices (see batched_statistic)."""
     n_max = max(len(i) for i in index_samples)
-    batch = max(1, min(n_resamples, _MAX_BATCH_ENTRIES // max(n_max, 1)))
+    batch = max(1, min(n_resamples, MAX_BATCH_ENTRIES // max(n_max, 1)))
     # A resample with one class makes a metric warn and return nan, and BCa divides by zero on a
     # constant distribution; _interval reports the resulting nan interval once, not per resample.
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
@@ -176,7 +176,7 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays: Any, n_resamples: int
     if not math.isfinite(point):
         return _nan_interval(f"bootstrap_ci: the statistic is {point} on the full data, so it has "
                              "no interval")
-    batched = _batched(statistic, data)
+    batched = batched_statistic(statistic, data)
     res = _run_bootstrap((np.arange(n),), batched or (lambda i: float(statistic(*(a[i] for a in data)))),
                          n_resamples=n_resamples, confidence=confidence, seed=seed, method=method,
                          vectorized=batched is not None)
@@ -213,7 +213,7 @@ def bootstrap_ci_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float]
     if not math.isfinite(point):
         return _nan_interval(f"bootstrap_ci_two_sample: the statistic is {point} on the full "
                              "data, so it has no interval")
-    batched = _batched(statistic, (xa, xb), samples=2)
+    batched = batched_statistic(statistic, (xa, xb), samples=2)
     res = _run_bootstrap((np.arange(xa.shape[0]), np.arange(xb.shape[0])),
                          batched or (lambda i, j: float(statistic(xa[i], xb[j]))),
                          n_resamples=n_resamples, confidence=confidence, seed=seed, method=method,
@@ -262,7 +262,7 @@ def paired_bootstrap_delta(statistic: Callable[..., float], cand_arrays: Sequenc
     if not math.isfinite(delta):
         _nan_interval(f"paired_bootstrap_delta: the difference is {delta} on the full data")
         return nan_result
-    cand_batched, base_batched = _batched(statistic, cand), _batched(statistic, base)
+    cand_batched, base_batched = batched_statistic(statistic, cand), batched_statistic(statistic, base)
     vectorized = cand_batched is not None and base_batched is not None
     res = _run_bootstrap((np.arange(n),),
                          (lambda i, axis=-1: cand_batched(i) - base_batched(i)) if vectorized else delta_of,

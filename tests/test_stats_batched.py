@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from functools import partial
 
 import numpy as np
@@ -51,6 +52,8 @@ CASES = {
     M.fpr_at_tpr: (partial(M.fpr_at_tpr, tpr=0.95, validate=False), lambda r: _scores(r, 130, 90), True),
     M.aupr_in_score: (partial(M.aupr_in_score, validate=False), lambda r: _scores(r, 130, 90), True),
     M.aupr_out_score: (partial(M.aupr_out_score, validate=False), lambda r: _scores(r, 130, 90), True),
+    M.accuracy_ratio: (partial(M.accuracy_ratio, validate=False),
+                       lambda r: ((r.random(130) < 0.5).astype(float), (r.random(90) < 0.8).astype(float)), True),
 }
 
 
@@ -64,7 +67,7 @@ def test_batched_modality_gap_of_the_retrieval_test_equals_the_loop(dtype):
     gap = importlib.import_module("robustness_tests.test_retrieval")._gap_by_image
     rng = np.random.default_rng(0)
     img, captions = rng.normal(size=(40, 16)).astype(dtype), rng.normal(size=(40, 5, 16)).astype(dtype)
-    assert S._batched(gap, (img, captions)) is not None
+    assert S.batched_statistic(gap, (img, captions)) is not None
     assert S.bootstrap_ci(gap, img, captions, n_resamples=200) == \
         S.bootstrap_ci(_loop(gap), img, captions, n_resamples=200)
 
@@ -73,7 +76,7 @@ def test_batched_modality_gap_of_the_retrieval_test_equals_the_loop(dtype):
 @pytest.mark.parametrize("key", list(CASES), ids=lambda f: f.__name__)
 def test_batched_interval_equals_the_loop(key, method):
     statistic, make, two_sample = CASES[key]
-    assert S._batched(statistic, make(np.random.default_rng(0))) is not None
+    assert S.batched_statistic(statistic, make(np.random.default_rng(0))) is not None
     for seed in range(3):
         data = make(np.random.default_rng(seed))
         run = S.bootstrap_ci_two_sample if two_sample else S.bootstrap_ci
@@ -111,15 +114,17 @@ def test_from_resamples_equals_the_statistic_on_each_row(seed, n, m, k, levels, 
         logits = rng.integers(0, levels, (n, 3)).astype(float)
         data, idx = (M.softmax(logits), rng.integers(0, 3, n)), (rng.integers(0, n, (5, k)),)
     form, options = M.batched_form(statistic)
-    got = form.from_resamples(form.per_item(*data, **options), *idx, **options)
-    per_array = idx if two_sample else idx * len(data)  # one-sample: every array takes the same rows
-    expected = [statistic(*(a[rows[r]] for a, rows in zip(data, per_array))) for r in range(5)]
+    with warnings.catch_warnings():  # a ratio over an all-zero resample is nan (and says so) in both
+        warnings.simplefilter("ignore", M.UndefinedMetricWarning)
+        got = form.from_resamples(form.per_item(*data, **options), *idx, **options)
+        per_array = idx if two_sample else idx * len(data)  # one-sample: every array takes the same rows
+        expected = [statistic(*(a[rows[r]] for a, rows in zip(data, per_array))) for r in range(5)]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
 def test_inputs_without_a_batched_form_use_the_loop():
     rng = np.random.default_rng(0)
-    assert S._batched(np.mean, (rng.random((20, 3)),)) is None  # np.mean of a matrix: the loop
+    assert S.batched_statistic(np.mean, (rng.random((20, 3)),)) is None  # np.mean of a matrix: the loop
     assert M.batched_form(partial(M.fpr_at_tpr, 0.9)) is None  # positional option
     assert M.batched_form(partial(M.brier_score, scale=2)) is None  # option the form does not know
     assert M.batched_form(lambda a, b: 0.0) is None
@@ -184,3 +189,15 @@ def test_undefined_interval_is_not_stored_and_warns_every_run(tmp_path):
             ci = _cached_interval(cache, parts, lambda: S._nan_interval("undefined here"))
         assert all(math.isnan(end) for end in ci)
     assert not [p for p in tmp_path.rglob("*.npz")]
+
+
+@pytest.mark.parametrize("key", [M.ood_auroc_score, M.fpr_at_tpr, M.accuracy_ratio], ids=lambda f: f.__name__)
+def test_paired_two_group_delta_batched_equals_the_loop(key):
+    """The regression gate's stratified paired bootstrap: all resamples at once, from the loop's own draws."""
+    from clip_robustness.plugins.regression import paired_two_group_delta
+
+    statistic, make, _ = CASES[key]
+    cand, base = make(np.random.default_rng(1)), make(np.random.default_rng(2))
+    batched = paired_two_group_delta(statistic, cand, base, n_resamples=300, seed=3)
+    loop = paired_two_group_delta(_loop(statistic), cand, base, n_resamples=300, seed=3)
+    np.testing.assert_allclose([batched[0], *batched[1], batched[2]], [loop[0], *loop[1], loop[2]], rtol=0, atol=1e-12)
