@@ -104,6 +104,17 @@ def test_crafted_pickle_never_runs(tmp_path, writer):
            "that can run code; convert it to safetensors" in text
 
 
+def test_a_checkpoint_file_does_not_log_that_the_model_is_random(caplog):
+    """open_clip warns "initialized randomly" for the bare model the file then fills: that would mislead."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _load(f"world-rn-tiny@{RN}")
+        assert not [r for r in caplog.records if "randomly" in r.getMessage()]
+        _load("world-rn-tiny:random")  # a random model is random: that warning stays
+    assert [r for r in caplog.records if "randomly" in r.getMessage()]
+
+
 def test_torch_training_checkpoint_loads_the_same_weights(tmp_path):
     """open_clip's training checkpoints: {'state_dict': {'module.' + key: tensor}, 'epoch': ...}."""
     import torch

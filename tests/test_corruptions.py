@@ -284,8 +284,8 @@ def test_conditions_have_canonical_specs_and_reuse_corrupted_pixels():
     imgs, ids = [scene()], ["memo-test-item"]
     first = cond(imgs, ids)
     again = corruption_cells.corruption_condition("fog", 3)
-    assert again(imgs, ids) is first and again.fn.images == 0  # served from the per-process memo
-    assert cond.fn.images == 1 and cond.fn.seconds > 0
+    assert again(imgs, ids) is first and again.fn.throughput.images == 0  # served from the per-process memo
+    assert cond.fn.throughput.images == 1 and cond.fn.throughput.seconds > 0
     c3 = corruption_cells.corruption3d_condition("near_focus", 2, lambda ids: [two_plane_depth()] * len(ids),
                                                  depth_key="k1")
     assert "depth=k1" in c3.spec and "severity=2" in c3.spec
@@ -321,6 +321,8 @@ def test_world_depth_source_re_renders_the_depth_of_each_item():
     maps = corruption_cells.world_depth_source(ds)(list(reversed(ds.item_ids)))
     _, depth = render_batch([SceneSpec.from_dict(m) for m in ds.meta])
     np.testing.assert_array_equal(maps[0], depth[2])
+    np.testing.assert_array_equal(corruption_cells.world_depth_source(ds.subset([2, 0], ""))([ds.item_ids[0]])[0],
+                                  depth[0])  # a subset maps its own ids
     with pytest.raises(ValueError, match="world datasets"):
         corruption_cells.world_depth_source(ds.__class__("x", ("a",), np.zeros(1, int), ("i",), loader=lambda i: []))
 
@@ -358,3 +360,13 @@ def test_corruption_folder_cells_read_the_published_layout(tmp_path):
     assert cells[0].dataset.labels.tolist() == [0] and cells[0].condition is None
     with pytest.raises(DatasetError, match="found none"):
         corruption_cells.corruption_folder_cells("imagenet-3dcc", tmp_path, DEPTH_FAMILIES, limit=None)
+
+
+def test_throughput_counts_every_image_when_worker_threads_add_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    counter = corruption_cells.Throughput()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: [counter.add(0.001, 1) for _ in range(2000)], range(8)))
+    assert counter.images == 16000 and counter.seconds == pytest.approx(16.0)
+    assert counter.images_per_s() == pytest.approx(1000.0) and corruption_cells.Throughput().images_per_s() is None
