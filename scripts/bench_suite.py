@@ -3,10 +3,12 @@
     python scripts/bench_suite.py                       # one-model suite (embedded:rn-clip), default sizes
     python scripts/bench_suite.py --zoo                 # also the default six-model suite (~40 min more)
     python scripts/bench_suite.py --limit 300 -k "calibration or ood"     # a quick slice
+    python scripts/bench_suite.py --new-checkpoint embedded:rn-clip-ft   # also a new checkpoint's run in CI
 
 Each suite runs twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm (the same
-cache, nothing changed). In the test process this file, loaded as a pytest plugin (``-p bench_suite``), times
-the functions of each bucket (``BUCKETS``), records start-up (process start to the first test) and each
+cache, nothing changed); with ``--new-checkpoint PREVIOUS`` the one-model suite also runs as a new checkpoint
+in CI (on a fresh cache that a run of the PREVIOUS model filled first). In the test process this file, loaded
+as a pytest plugin (``-p bench_suite``), times the functions of each bucket (``BUCKETS``), records start-up (process start to the first test) and each
 model's unique forwarded images (content digests). Bucket seconds are self time: a call of one bucket inside
 another's counts for the inner one only; time spent in decode worker threads is shown apart (it overlaps the
 main thread). ``other`` is the wall time no bucket and no start-up explains (fixtures, metrics, pytest).
@@ -258,6 +260,9 @@ def print_tables(results: dict[str, dict], floors: dict[str, float], decode: dic
                            "≤ 3" if suite == "one-model" else ""))
             fwd = cold["buckets"].get("forward", {}).get("seconds", 0)
             ratios.append((f"{suite}: cold forward bucket / forward floor", fwd / floors[suite], ""))
+        checkpoint = results.get(f"{suite} checkpoint")
+        if checkpoint and floors.get(suite):
+            ratios.append((f"{suite}: new checkpoint wall / forward floor", checkpoint["wall"] / floors[suite], ""))
     if decode and decode.get("harness") and decode.get("bare"):
         ratios.append((f"decode: harness / bare images/s ({decode['harness']:.1f} / {decode['bare']:.1f})",
                        decode["harness"] / decode["bare"], "≥ 0.9"))
@@ -279,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-images", type=int, default=1000, help="JPEGs for the decode measurement")
     parser.add_argument("--decode-arch", default="ViT-B-32:random", help="a 224 px model for the decode measurement")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode measurement")
+    parser.add_argument("--new-checkpoint", metavar="PREVIOUS", default=None,
+                        help="also time the one-model suite as a new checkpoint in CI: on a fresh cache that a run of "
+                             "the PREVIOUS model filled (renders, corrupted renders: what does not depend on the model)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the caches and reports (default: temp)")
     args = parser.parse_args(argv)
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]
@@ -304,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{suite} forward floor: {floors[suite]:.1f} s over "
               f"{sum(v['unique'] for v in cold['images'].values())} unique images "
               f"({sum(v['forwarded'] for v in cold['images'].values())} forwarded), {threads} thread(s)", flush=True)
+    if args.new_checkpoint:
+        cache = work / "checkpoint-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        previous = run_suite("previous-checkpoint", [args.new_checkpoint], args, cache, work)
+        print(f"previous checkpoint ({args.new_checkpoint}): {previous['wall']:.1f} s (fills the cache, not tabled)")
+        results["one-model checkpoint"] = run_suite("one-model-checkpoint", [args.model], args, cache, work)
+        print(f"one-model checkpoint: {results['one-model checkpoint']['wall']:.1f} s", flush=True)
     decode, note = (None, "decode not measured (--no-decode)") if args.no_decode else decode_throughput(args, work)
     print(f"load average after {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     ratios = print_tables(results, floors, decode, note)

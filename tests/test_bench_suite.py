@@ -51,3 +51,15 @@ def test_buckets_count_self_time_and_rebind_imported_names(bench: types.ModuleTy
     assert 0.04 <= totals["a"]["seconds"] < 0.09  # outer's own sleep, not inner's
     assert 0.09 <= totals["b"]["seconds"] < 0.2  # both inner sleeps, the one via the imported name included
     assert totals.get("c", {}).get("calls", 0) == 0  # an absent target is skipped, not an error
+
+
+def test_ratios_are_computed_from_the_runs_and_the_floor(bench: types.ModuleType, capsys) -> None:
+    def run(wall: float, forward: float) -> dict:
+        return {"wall": wall, "startup": 1.0, "buckets": {"forward": {"seconds": forward}}, "cache": {}, "exit": 0}
+
+    results = {"one-model cold": run(80.0, 25.0), "one-model warm": run(4.0, 0.0), "one-model checkpoint": run(60.0, 25.0)}
+    ratios = {name: value for name, value, _ in bench.print_tables(results, {"one-model": 20.0}, None, "no decode")}
+    assert ratios == {"one-model: warm / cold wall": 0.05, "one-model: cold wall / forward floor (20.0 s)": 4.0,
+                      "one-model: cold forward bucket / forward floor": 1.25,
+                      "one-model: new checkpoint wall / forward floor": 3.0}
+    assert "| one-model checkpoint | 60.0 |" in capsys.readouterr().out

@@ -72,6 +72,30 @@ def test_world_depth_source_shares_the_render_memo(renders):
     assert renders == [5] and len(maps) == 5 and maps[0].shape == (64, 64)
 
 
+def test_corrupted_renders_are_kept_on_disk_for_every_model(tmp_path, monkeypatch):
+    """A corruption of world renders is computed once: another model (a new checkpoint, a new process)
+    reads the corrupted renders from disk, and embeds exactly what corrupting them again would give."""
+    from clip_robustness.fixtures import corruption_cells, embed
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
+
+    calls, real = [], corruption_cells.corrupt
+    monkeypatch.setattr(corruption_cells, "corrupt", lambda im, *a, **k: calls.append(1) or real(im, *a, **k))
+    monkeypatch.setattr(corruption_cells, "CORRUPTED", ByteMemo())
+    ds = datasets.world_dataset("test", n=40)
+    blur = corruption_cells.corruption_condition("glass_blur", 3)
+    embed.image_embeddings(load_model(parse_model_spec("embedded:rn-clip")), ds, EmbeddingCache(tmp_path), blur)
+    assert len(calls) == 40
+    monkeypatch.setattr(corruption_cells, "CORRUPTED", ByteMemo())  # a new process
+    other = load_model(parse_model_spec("embedded:rn-clip-small"))
+    from_disk = embed.image_embeddings(other, ds, EmbeddingCache(tmp_path), blur)
+    assert len(calls) == 40
+    monkeypatch.setattr(corruption_cells, "CORRUPTED", ByteMemo())
+    np.testing.assert_array_equal(from_disk, embed.image_embeddings(other, ds, EmbeddingCache(None), blur))
+    assert len(calls) == 80
+    embed.image_embeddings(other, ds, EmbeddingCache(tmp_path), corruption_cells.corruption_condition("glass_blur", 4))
+    assert len(calls) == 120  # another severity never hits
+
+
 def test_samples_are_written_once_per_content_and_linked_from_the_previous_report(tmp_path, monkeypatch):
     """A warm re-run records the same arrays: they are linked from the report folder's samples/, not
     compressed again; within one run, the same arrays are compressed once."""
