@@ -32,16 +32,14 @@ import pytest
 
 from clip_robustness.fixtures.conditions import condition
 from clip_robustness.fixtures.datasets import ImageDataset
-from clip_robustness.fixtures.dense import dense_features, view_angle_deg
+from clip_robustness.fixtures.dense import view_angle_deg
 from clip_robustness.fixtures.embed import classifier_logits, head_choices
-from clip_robustness.fixtures.multiview import match_view_pairs, render_multiview, score_pairs
-from clip_robustness.fixtures.world import SceneSpec
+from clip_robustness.fixtures.multiview import (ANGLE_BINS, CORRESPONDENCE_PX, angle_bin, binned_view_pairs,
+                                                 scene_renders, score_pairs, view_features)
 
 pytestmark = pytest.mark.multiview
 
 DEFAULT_SCENES = 40
-ANGLE_BINS = ((0, 30), (30, 60), (60, 90), (90, 120))
-CORRESPONDENCE_PX = 128  # render size of the correspondence set (fixtures/dense.py: the measured choice)
 THRESHOLDS = (4.0, 8.0, 16.0)  # px of the 128 px renders
 
 
@@ -49,10 +47,7 @@ def multiview_set(world, rb_config, size: int | None = None) -> tuple[ImageDatas
     """The scenes and their renders (at ``size`` px, default the split's): ``renders[s][0]`` is the
     reference view of scene s."""
     scenes = world("test").head(DEFAULT_SCENES if rb_config.limit is None else None)
-    sizes_seeds = [tuple(int(v) for v in item.rsplit("@", 1)[1].split(":")) for item in scenes.item_ids]
-    specs = [SceneSpec.from_dict(meta) for meta in scenes.meta]
-    return scenes, render_multiview(specs, [seed for _, seed in sizes_seeds],
-                                    size or sizes_seeds[0][0])
+    return scenes, scene_renders(scenes, size)
 
 
 def views_dataset(scenes: ImageDataset, renders: list[list]) -> ImageDataset:
@@ -65,20 +60,14 @@ def views_dataset(scenes: ImageDataset, renders: list[list]) -> ImageDataset:
                         loader=lambda idx: [rgb[i] for i in idx])
 
 
-def _bin_label(angle: float) -> str | None:
-    return next((f"{lo}-{hi}" for lo, hi in ANGLE_BINS if lo <= angle < hi), None)
-
-
 def test_correspondence_world(clip, world, record, rb_config):
     scenes, renders = multiview_set(world, rb_config, CORRESPONDENCE_PX)
-    dense = dense_features(clip, [v.rgb for views in renders for v in views])
-    grids = dense.features.reshape(len(scenes), len(renders[0]), *dense.features.shape[1:])  # (S, V, h, w, C)
-    pairs = [p for p in match_view_pairs(renders, grids, dense.stride, scenes.item_ids)
-             if _bin_label(p.angle) is not None]
+    grids, dense = view_features(clip, renders)  # (S, V, h, w, C)
+    pairs = binned_view_pairs(renders, grids, dense.stride, scenes.item_ids)
     if not pairs:
         pytest.fail("no view pair of the chosen scenes shows the main object in both views", pytrace=False)
     for label in [f"{lo}-{hi}" for lo, hi in ANGLE_BINS] + ["all"]:
-        chosen = [p for p in pairs if label in ("all", _bin_label(p.angle))]
+        chosen = [p for p in pairs if label in ("all", angle_bin(p.angle))]
         if not chosen:
             continue
         for t in THRESHOLDS:
