@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from clip_robustness.fixtures.conditions import condition
-from clip_robustness.fixtures.datasets import WORLD_SHIFT_SPLITS, ImageDataset
+from clip_robustness.fixtures.datasets import WORLD_SHIFT_SPLITS, ImageDataset, pixels_key
 from clip_robustness.fixtures.embed import classifier_logits
 from clip_robustness.fixtures.lmm.protocol import run_protocol
 from clip_robustness.fixtures.real_data import parametrize_real_sets
@@ -38,7 +38,8 @@ def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
     clip = lmm.clip
     logits = classifier_logits(clip, dataset, cache, templates=rb_config.templates[0])  # (N, C)
     out = run_protocol(lmm, dataset.images, dataset.labels, logits, dataset.classnames,  # rendered only on a miss
-                       seed=seed_for(rb_config.seed, dataset.name), cache=cache, item_ids=dataset.item_ids)
+                       seed=seed_for(rb_config.seed, dataset.name), cache=cache, item_ids=dataset.item_ids,
+                       pixels=pixels_key(dataset))
     samples = {"labels": out.labels, "distractor": out.distractor, "true_first": out.true_first,
                "clip_correct": out.clip_correct, "loglik": out.loglik, "generated": out.generated}
     extra = {"lmm": lmm.describe(), "templates": rb_config.templates[0], "sample_keys": sorted(samples),

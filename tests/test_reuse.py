@@ -63,6 +63,24 @@ def test_renders_are_memoised_and_cached_on_disk_by_item_id(tmp_path, renders, m
     assert cache.misses == 4
 
 
+def test_embeddings_of_renders_miss_after_a_renderer_change(tmp_path, monkeypatch):
+    """World item ids name the scene, size and seed; the renderer's version is in every key built on them."""
+    from clip_robustness.fixtures.embed import image_embeddings
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
+
+    model = load_model(parse_model_spec("embedded:rn-clip"))
+    image_embeddings(model, datasets.world_dataset("test", n=10), EmbeddingCache(tmp_path))
+    monkeypatch.setattr(datasets, "RENDERS", ByteMemo())
+    again = EmbeddingCache(tmp_path)
+    image_embeddings(model, datasets.world_dataset("test", n=10, cache=again), again)
+    assert (again.hits, again.misses) == (1, 0)  # the embeddings: nothing rendered
+    monkeypatch.setattr(datasets, "RENDER_VERSION", datasets.RENDER_VERSION + 1)  # a new renderer, a new process
+    monkeypatch.setattr(datasets, "RENDERS", ByteMemo())
+    changed = EmbeddingCache(tmp_path)
+    image_embeddings(model, datasets.world_dataset("test", n=10, cache=changed), changed)
+    assert (changed.hits, changed.misses) == (0, 2)  # the embeddings and their render block
+
+
 def test_world_depth_source_shares_the_render_memo(renders):
     from clip_robustness.fixtures.corruption_cells import world_depth_source
 
