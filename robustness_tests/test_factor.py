@@ -52,9 +52,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="module")
-def suite(rb_config) -> FactorSuite:
-    """Canonical scenes and their single-factor interventions (rendered once per process, lazily)."""
-    return factor_suite(N_CANONICAL, seed=rb_config.seed, limit=rb_config.limit)
+def suite(rb_config, cache) -> FactorSuite:
+    """Canonical scenes and their single-factor interventions (rendered once, lazily, and kept on disk)."""
+    return factor_suite(N_CANONICAL, seed=rb_config.seed, limit=rb_config.limit, cache=cache)
 
 
 @contextmanager

@@ -81,6 +81,19 @@ def test_embeddings_of_renders_miss_after_a_renderer_change(tmp_path, monkeypatc
     assert (changed.hits, changed.misses) == (0, 2)  # the embeddings and their render block
 
 
+def test_factor_suite_renders_are_kept_on_disk(tmp_path, renders, monkeypatch):
+    """The factor suite's scenes are the same for every model: a new checkpoint's run reads them from disk."""
+    from clip_robustness.fixtures.factors import factor_suite
+
+    first = factor_suite(seed=0, limit=3, cache=EmbeddingCache(tmp_path))
+    rgb = first.dataset("background", "bricks").images()
+    assert renders == [3]
+    monkeypatch.setattr(datasets, "RENDERS", ByteMemo())  # a new process
+    again = factor_suite(seed=0, limit=3, cache=EmbeddingCache(tmp_path)).dataset("background", "bricks").images()
+    assert renders == [3]
+    np.testing.assert_array_equal(np.stack(again), np.stack(rgb))
+
+
 def test_world_depth_source_shares_the_render_memo(renders):
     from clip_robustness.fixtures.corruption_cells import world_depth_source
 
