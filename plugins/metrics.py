@@ -45,6 +45,7 @@ __all__ = [
     "MetricInfo",
     "UndefinedMetricWarning",
     "adaptive_calibration_error",
+    "accuracy_gain",
     "aupr_in_score",
     "aupr_out_score",
     "brier_score",
@@ -68,6 +69,8 @@ __all__ = [
     "msp_score",
     "negative_log_likelihood",
     "ood_auroc_score",
+    "pooled_gain",
+    "pooled_recall",
     "recall_at_k",
     "relative_accuracy",
     "accuracy_ratio",
@@ -229,6 +232,18 @@ def _accuracies(x: Any, name: str, *, validate: bool = True) -> np.ndarray:
             f"got values in [{arr.min():.4g}, {arr.max():.4g}]"
         )
     return arr
+
+
+def _same_items(arrays: Sequence[Any], names: Sequence[str]) -> list[np.ndarray]:
+    """Per-item (or per-scene) outcomes: finite, non-negative (N,) float arrays over the same items."""
+    out = [_float_array(a, name, shape="(N,)") for a, name in zip(arrays, names)]
+    for arr, name in zip(out, names):
+        if arr.shape != out[0].shape:
+            raise ValueError(f"{name} has {arr.shape[0]} entries but {names[0]} has {out[0].shape[0]}; "
+                             "they must cover the same items")
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"{name} must be non-negative outcomes or counts; got a minimum of {arr.min():.4g}")
+    return out
 
 
 def _scalar_or_array(values: np.ndarray) -> float | np.ndarray:
@@ -1155,6 +1170,18 @@ def _accuracy_ratio_from_resamples(summaries: tuple[np.ndarray, np.ndarray], idx
 BATCHED[accuracy_ratio] = BatchedForm(_accuracy_ratio_items, _accuracy_ratio_from_resamples, samples=2)
 
 
+def accuracy_gain(correct: Any, reference_correct: Any, *, validate: bool = True) -> float:
+    """Accuracy minus a reference's accuracy on the same items, from per-item 0/1 correctness (N,) each:
+    ``mean(correct) - mean(reference_correct)`` (the lmm property's ``lmm_gain``: LMM minus CLIP).
+
+    >>> accuracy_gain([1, 1, 0, 1], [1, 0, 0, 1])
+    0.25
+    """
+    if validate:
+        _same_items((correct, reference_correct), ("correct", "reference_correct"))
+    return float(np.mean(correct) - np.mean(reference_correct))
+
+
 def _corruption_errors(err_model: Any, err_reference: Any, *,
                        validate: bool) -> tuple[np.ndarray, np.ndarray]:
     e = _accuracies(err_model, "err_model", validate=validate)
@@ -1231,6 +1258,36 @@ def correspondence_recall(pred_pts: Any, true_pts: Any, *, thresholds: Sequence[
     return {t: float(np.mean(err < t)) for t in ts}
 
 
+def pooled_recall(hits: Any, points: Any, *, validate: bool = True) -> float:
+    """Correspondence recall over the points of some scenes pooled, from per-scene hit counts and point
+    counts (S,): ``sum(hits) / sum(points)`` (nan with a warning for 0 points). Per-scene sums, because
+    the points of one scene share its renders: a bootstrap resamples scenes (clip_robustness.fixtures.multiview).
+
+    >>> pooled_recall([3, 0, 5], [4, 2, 10])
+    0.5
+    """
+    h, n = _same_items((hits, points), ("hits", "points")) if validate else (np.asarray(hits), np.asarray(points))
+    total = n.sum()
+    if total == 0:
+        return _undefined("pooled_recall is undefined for 0 points")
+    return float(h.sum() / total)
+
+
+def pooled_gain(hits: Any, same_position_hits: Any, points: Any, *, validate: bool = True) -> float:
+    """Recall minus the same-position baseline's recall on the same points of some scenes, from per-scene
+    counts (S,): ``(sum(hits) - sum(same_position_hits)) / sum(points)`` (``correspondence_gain``).
+
+    >>> pooled_gain([3, 0, 5], [1, 1, 2], [4, 2, 10])
+    0.25
+    """
+    h, same, n = _same_items((hits, same_position_hits, points), ("hits", "same_position_hits", "points")) \
+        if validate else (np.asarray(hits), np.asarray(same_position_hits), np.asarray(points))
+    total = n.sum()
+    if total == 0:
+        return _undefined("pooled_gain is undefined for 0 points")
+    return float((h.sum() - same.sum()) / total)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry of report metrics: direction and bounds live here, next to the definitions
 # --------------------------------------------------------------------------------------------
@@ -1264,6 +1321,12 @@ _INF = math.inf
 # Per-sample arrays a row's metric is recomputed from (docs/architecture.md, "Per-sample files").
 CLASSIFICATION_SAMPLES = ("logits", "labels")  # (N, C) float32 as used for the metric, (N,) int64
 OOD_SAMPLES = ("scores_in", "scores_out")  # (N,), (M,) float32, higher = more in-distribution
+# The rows below keep the per-item (per-scene for multiview: the CI's resampling unit) arrays their value and CI
+# are computed from, and name the items they cover in extra["items_digest"] (clip_robustness.plugins.regression).
+RELATIVE_SAMPLES = ("correct", "clean_correct")  # (N,) float64 correctness under the condition and clean, same items
+RETRIEVAL_SAMPLES = ("hits",)  # (N,) float64 per image: i2t 0/1, t2i the share of its captions that hit
+CORRESPONDENCE_SAMPLES = ("correspondence_hits", "same_position_hits", "points")  # (S,) float64 sums per scene
+GAIN_SAMPLES = ("lmm_correct", "clip_correct")  # (n,) float64 0/1 correctness of the row's items
 
 
 def _top1_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -1339,27 +1402,31 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in [
     MetricInfo("effective_robustness", effective_robustness, True, -1.0, 1.0,
                "accuracy above the probit-linear fit over reference models"),
     MetricInfo("relative_top1", relative_accuracy, True, 0.0, _INF,
-               "corrupted accuracy / clean accuracy"),
+               "corrupted accuracy / clean accuracy",
+               recompute=(RELATIVE_SAMPLES, partial(accuracy_ratio, validate=False))),
     MetricInfo("mce_corruption", mean_corruption_error, False, 0.0, _INF,
                "mean corruption error relative to a reference model (1 = reference)"),
     *(MetricInfo(f"{d}_r{k}", retrieval_recalls, True, 0.0, 1.0,
                  f"{'image-to-text' if d == 'i2t' else 'text-to-image'} recall@{k}",
-                 key=f"{d}_r{k}")
+                 key=f"{d}_r{k}", recompute=(RETRIEVAL_SAMPLES, np.mean))
       for d in ("i2t", "t2i") for k in (1, 5, 10)),
     MetricInfo("modality_gap", modality_gap, False, 0.0, 2.0,
                "distance between image and text embedding centroids (lower = modalities "
                "closer; a convention, the gap is not a quality score by itself)"),
     MetricInfo("correspondence_recall", correspondence_recall, True, 0.0, 1.0,
-               "fraction of correspondences within a pixel threshold (one value per threshold)"),
+               "fraction of correspondences within a pixel threshold (one value per threshold)",
+               recompute=(("correspondence_hits", "points"), partial(pooled_recall, validate=False))),
     MetricInfo("correspondence_gain", None, True, -1.0, 1.0,
                "correspondence recall minus that of predicting the same image position, on the same points "
-               "(about 0 without 3D awareness beyond the image layout; derived)"),
+               "(about 0 without 3D awareness beyond the image layout; derived)",
+               recompute=(CORRESPONDENCE_SAMPLES, partial(pooled_gain, validate=False))),
     MetricInfo("lmm_accuracy", None, True, 0.0, 1.0,
                "LMM accuracy on the two-option question (true class vs the CLIP's own distractor)"),
     MetricInfo("clip_two_way_accuracy", None, True, 0.0, 1.0,
                "the CLIP's accuracy on the same two options (equals its top-1 by the distractor rule)"),
     MetricInfo("lmm_gain", None, True, -1.0, 1.0,
-               "LMM accuracy minus the CLIP's two-way accuracy on the same items (paired)"),
+               "LMM accuracy minus the CLIP's two-way accuracy on the same items (paired)",
+               recompute=(GAIN_SAMPLES, partial(accuracy_gain, validate=False))),
     MetricInfo("answer_unmatched", None, False, 0.0, 1.0,
                "share of generated answers naming both options or neither (left out of the accuracy)"),
     MetricInfo("temperature", fit_temperature, False, 0.0, _INF,

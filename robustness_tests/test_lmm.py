@@ -4,14 +4,17 @@ CLIP alone, on the two options the CLIP itself finds hardest? (ImageNet-D protoc
 
 Rows belong to the tower's CLIP (``model``), with ``lmm=<LMM id>`` in the condition:
 ``clip_two_way_accuracy`` (the CLIP on the same two options; equals its top-1 by the distractor
-rule), ``lmm_accuracy`` and the paired ``lmm_gain`` (LMM minus CLIP on the same items, bootstrap CI)
-per scoring (``scoring=loglik``: the likelier option; ``scoring=generate``: greedy answer matched to
+rule), ``lmm_accuracy`` and the paired ``lmm_gain`` (LMM minus CLIP on the same items, bootstrap CI;
+its row keeps its own items' correctness as samples, the other rows the dataset's outcomes) per
+scoring (``scoring=loglik``: the likelier option; ``scoring=generate``: greedy answer matched to
 an option, items naming both or neither left out and counted in ``answer_unmatched``), per class
 (``class=``), and by the position of the true option (``true_option=first|second``: a position bias
 shows as a gap). World: clean test and the shift splits (the hard splits). Real data:
 ``--data imagenet-d=PATH`` (background, texture, material).
 """
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pytest
@@ -21,6 +24,8 @@ from clip_robustness.fixtures.datasets import WORLD_SHIFT_SPLITS, ImageDataset, 
 from clip_robustness.fixtures.embed import classifier_logits
 from clip_robustness.fixtures.lmm.protocol import run_protocol
 from clip_robustness.fixtures.real_data import parametrize_real_sets
+from clip_robustness.plugins.metrics import GAIN_SAMPLES, accuracy_gain
+from clip_robustness.plugins.regression import items_digest
 from clip_robustness.plugins.stats import seed_for
 
 pytestmark = pytest.mark.lmm
@@ -30,8 +35,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize_real_sets(metafunc, "real_set", ("imagenet-d",))
 
 
-def paired_gain(lmm_correct: np.ndarray, clip_correct: np.ndarray) -> float:
-    return float(np.mean(lmm_correct) - np.mean(clip_correct))
+GAIN = partial(accuracy_gain, validate=False)  # inputs are 0/1 outcomes of the same items, built here
 
 
 def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
@@ -57,10 +61,15 @@ def record_lmm(lmm, dataset: ImageDataset, cache, record, rb_config) -> None:
             c = condition(lmm=lmm.id, scoring=scoring, **cond)
             record.proportion("lmm_accuracy", correct[sel], condition=c, **put)
             pair = (correct[sel].astype(float), out.clip_correct[sel].astype(float))  # (n,) each
+            # the gain's own items as its samples (the dataset's file cannot say which subset a row is), so a
+            # baseline comparison is paired over the same items
+            own = {**put, "samples": dict(zip(GAIN_SAMPLES, pair)),
+                   "extra": {**extra, "sample_keys": sorted(GAIN_SAMPLES),
+                             "items_digest": items_digest([dataset.item_ids[i] for i in np.flatnonzero(sel)])}}
             if sel.sum() > 1:
-                record.measure("lmm_gain", paired_gain, *pair, condition=c, **put)
+                record.measure("lmm_gain", GAIN, *pair, condition=c, **own)
             else:  # one item: no interval to bootstrap
-                record("lmm_gain", paired_gain(*pair), condition=c, n=1, **put)
+                record("lmm_gain", GAIN(*pair), condition=c, n=1, **own)
 
     everything = np.ones(len(out.labels), dtype=bool)
     record.proportion("clip_two_way_accuracy", out.clip_correct, condition=condition(lmm=lmm.id), **put)

@@ -17,7 +17,8 @@ NAVI-style: 0-30, 30-60, 60-90, 90-120 degrees.
   baseline "the object pixel at the source pixel's position" on the same points
   (``clip_robustness.fixtures.multiview``): about zero for features that only encode image position,
   so it is what the features know of 3D beyond the image layout. CIs resample scenes (paired for
-  the gain); ``extra`` holds ``recall``, ``same_position`` and ``chance`` (a uniform random match).
+  the gain); ``extra`` holds ``recall``, ``same_position`` and ``chance`` (a uniform random match). Both
+  rows keep the per-scene hit and point counts as samples, so a baseline comparison is paired over scenes.
 * ``consistency``: the fraction of scenes whose zero-shot prediction is the same in every view
   (``views=5``, rendered at the split's 64 px), and between the reference view and each angle bin's
   views (``angle=LO-HI``).
@@ -36,6 +37,7 @@ from clip_robustness.fixtures.dense import view_angle_deg
 from clip_robustness.fixtures.embed import classifier_logits, head_choices
 from clip_robustness.fixtures.multiview import (ANGLE_BINS, CORRESPONDENCE_PX, angle_bin, binned_view_pairs,
                                                  scene_renders, score_pairs, view_features)
+from clip_robustness.plugins.regression import items_digest
 
 pytestmark = pytest.mark.multiview
 
@@ -75,9 +77,12 @@ def test_correspondence_world(clip, world, record, rb_config):
             cell = {"dataset": scenes.name, "n": sc.points, "condition": condition(threshold=f"{t:g}px", angle=label)}
             extra = {"recall": sc.recall, "same_position": sc.same_position, "chance": sc.chance,
                      "view_pairs": sc.view_pairs, "scenes": sc.scenes, "layer": dense.layer,
-                     "stride_px": dense.stride, "grid": list(grids.shape[2:4]), "render_px": CORRESPONDENCE_PX}
-            record("correspondence_gain", sc.gain, ci=sc.gain_ci, extra=extra, **cell)
-            record("correspondence_recall", sc.recall, ci=sc.recall_ci, extra=extra, **cell)
+                     "stride_px": dense.stride, "grid": list(grids.shape[2:4]), "render_px": CORRESPONDENCE_PX,
+                     # the per-scene sums as samples: a baseline comparison resamples the same scenes in both runs
+                     "sample_keys": sorted(sc.per_scene),
+                     "items_digest": items_digest([scenes.item_ids[s] for s in sc.scene_index])}
+            record("correspondence_gain", sc.gain, ci=sc.gain_ci, samples=sc.per_scene, extra=extra, **cell)
+            record("correspondence_recall", sc.recall, ci=sc.recall_ci, samples=sc.per_scene, extra=extra, **cell)
 
 
 def test_multiview_consistency_world(clip, world, cache, record, rb_config):

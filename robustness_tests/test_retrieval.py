@@ -12,8 +12,10 @@ sampled training-style captions) and on COCO / Flickr30k (``--data coco=PATH`` /
   attribute drops.
 
 CIs resample images with their captions (the gallery stays whole, so each query's outcome is
-fixed and the bootstrap averages per-image outcomes). Run size: the first 100 world test images
-(500 captions) by default; ``--limit N`` sets the number of images (of the world or real set).
+fixed and the bootstrap averages per-image outcomes). The R@K rows keep those per-image outcomes as
+samples (``hits``), so a baseline comparison is paired over the same images. Run size: the first 100
+world test images (500 captions) by default; ``--limit N`` sets the number of images (of the world or
+real set).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from clip_robustness.fixtures.real_data import parametrize_real_sets
 from clip_robustness.fixtures.retrieval_data import (KARPATHY_SETS, PERTURBATIONS, CaptionSet, karpathy_caption_set,
                                      retrieval_hits, world_caption_set)
 from clip_robustness.fixtures.world import FOV_DEG
-from clip_robustness.plugins.metrics import BATCHED, BatchedForm, modality_gap
+from clip_robustness.plugins.metrics import BATCHED, RETRIEVAL_SAMPLES, BatchedForm, modality_gap
+from clip_robustness.plugins.regression import items_digest
 
 pytestmark = pytest.mark.retrieval
 
@@ -45,8 +48,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def record_retrieval(clip, captions: CaptionSet, cache, record, cond: str, image_condition=None) -> None:
     img = image_embeddings(clip, captions.images, cache, image_condition)  # (N, D)
     txt = text_embeddings(clip, captions.captions, cache)  # (N * 5, D)
+    # per-image hits as the rows' samples, so a baseline comparison resamples the same images in both runs
+    items = {"sample_keys": list(RETRIEVAL_SAMPLES),
+             "items_digest": items_digest([*captions.images.item_ids, *captions.captions])}
     for metric, per_image in retrieval_hits(img, txt, captions.per_image, KS).items():
-        record.measure(metric, np.mean, per_image, dataset=captions.name, condition=cond)
+        record.measure(metric, np.mean, per_image, dataset=captions.name, condition=cond,
+                       samples=dict(zip(RETRIEVAL_SAMPLES, (per_image,))), extra=items)
     by_image = txt.reshape(len(img), captions.per_image, -1)  # (N, 5, D)
     record.measure("modality_gap", _gap_by_image, img, by_image, dataset=captions.name, condition=cond)
 

@@ -151,6 +151,52 @@ def _samples(rng: np.random.Generator) -> dict[str, np.ndarray]:
             "scores_out": rng.normal(size=70).astype(np.float32)}  # (M,)
 
 
+def _recorded(name: str, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], float]:
+    """Per-sample arrays as the property records them beside a metric whose value is a statistic of per-item
+    (per-scene) outcomes, and the metric computed from the underlying data by its registered function (or its
+    definition written out): the recipe must give the same number from the arrays alone."""
+    if name == "relative_top1":  # corrupted and clean correctness of the same items
+        correct, clean = (rng.random(80) < p for p in (0.5, 0.8))
+        return ({"correct": correct.astype(float), "clean_correct": clean.astype(float)},
+                M.METRICS[name].func(correct.mean(), clean.mean()))
+    if name == "lmm_gain":  # LMM and CLIP correctness of the same items
+        lmm, clip = (rng.random(60) < p for p in (0.7, 0.6))
+        return {"lmm_correct": lmm.astype(float), "clip_correct": clip.astype(float)}, lmm.mean() - clip.mean()
+    if M.METRICS[name].func is M.retrieval_recalls:  # per-image hits of robustness_tests/test_retrieval.py
+        from clip_robustness.fixtures.retrieval_data import retrieval_hits
+
+        img = rng.normal(size=(40, 8))  # (N, D)
+        txt = np.repeat(img, 5, axis=0) + rng.normal(scale=1.0, size=(200, 8))  # (N * 5, D), image-major
+        return ({"hits": retrieval_hits(img, txt, 5)[name]},
+                M.retrieval_recalls(img, txt, np.repeat(np.arange(40), 5))[name])
+    # multiview: per-scene sums of fixtures.multiview.score_pairs over view pairs of 12 scenes
+    from clip_robustness.fixtures.multiview import ViewPair, score_pairs
+
+    pairs = []
+    for scene in range(12):
+        for _ in range(int(rng.integers(1, 3))):
+            k = int(rng.integers(5, 30))
+            true = rng.uniform(0, 64, (k, 2))  # (K, 2)
+            pairs.append(ViewPair(scene, 100.0, true + rng.normal(scale=6.0, size=(k, 2)), true,
+                                  rng.uniform(0, 64, (50, 2)), true + rng.normal(scale=8.0, size=(k, 2))))
+    threshold = 8.0
+    scores = score_pairs(pairs, threshold, seed=0)
+
+    def recall(field: str) -> float:
+        points = np.concatenate([getattr(p, field) for p in pairs])  # (K, 2) over every pair
+        return M.correspondence_recall(points, np.concatenate([p.true for p in pairs]), thresholds=(threshold,))[
+            threshold]
+
+    want = recall("predicted") - (recall("same_position") if name == "correspondence_gain" else 0.0)
+    assert (scores.gain if name == "correspondence_gain" else scores.recall) == pytest.approx(want, rel=1e-12)
+    return scores.per_scene, want
+
+
+# metrics whose rows keep per-item (per-scene) outcomes rather than logits or scores
+OUTCOME_RECOMPUTED = {"relative_top1", "lmm_gain", "correspondence_recall", "correspondence_gain",
+                      *(f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))}
+
+
 def _reference(name: str, s: dict[str, np.ndarray]) -> float:
     """The metric computed the way a test records it: its registered function on the arrays it was given
     (scipy's softmax for the probabilities), or, for a derived metric, its definition written out."""
@@ -175,16 +221,17 @@ def test_recompute_is_declared_for_the_metrics_recorded_with_samples():
     """Rows of these metrics carry per-sample arrays, so a baseline comparison of them is paired; losing a
     recompute would silently make it unpaired."""
     assert {"top1", "ece", "aece", "mce", "nll", "brier", "auroc", "fpr95", "aupr_in", "aupr_out", "shape_bias",
-            "shape_fraction", "texture_fraction", "consistency", "accuracy_drop"} <= set(RECOMPUTED)
+            "shape_fraction", "texture_fraction", "consistency", "accuracy_drop"} | OUTCOME_RECOMPUTED <= set(RECOMPUTED)
 
 
 @pytest.mark.parametrize("name", RECOMPUTED)
 def test_recompute_from_samples_equals_the_metric(name):
     keys, statistic = M.METRICS[name].recompute
-    samples = _samples(np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    samples, want = _recorded(name, rng) if name in OUTCOME_RECOMPUTED else (_samples(rng), None)
     assert set(keys) <= set(samples), f"{name}: recompute reads {keys}, not all documented sample kinds"
     got = statistic(*(samples[k] for k in keys))
-    np.testing.assert_allclose(got, _reference(name, samples), rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got, _reference(name, samples) if want is None else want, rtol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(M.METRICS))

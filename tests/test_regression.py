@@ -292,3 +292,86 @@ def test_a_change_that_cannot_be_computed_fails_its_max_drop_gate():
     comparison = {"delta": float("nan"), "ci": [float("nan"), float("nan")], "baseline_model": "base",
                   "baseline_value": 1.0, "p_value": None, "method": "paired bootstrap"}
     assert regression_verdict(row, comparison, Threshold("accuracy", "top1", max_drop=0.5))["verdict"] == "fail"
+
+
+# ---------------------------------------------------------- rows compared on per-item (per-scene) outcomes
+
+
+def _outcomes(metric: str, rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(baseline arrays, candidate arrays) under the metric's recompute keys: items of varied difficulty, and a
+    candidate planted worse on the same items (it loses some of the baseline's successes)."""
+    if metric == "relative_top1":  # correctness under a corruption and clean, 150 images
+        clean = rng.random(150) < 0.9
+        corrupted = clean & (rng.random(150) < 0.7)
+        worse = corrupted & (rng.random(150) > 0.2)
+        return (corrupted.astype(float), clean.astype(float)), (worse.astype(float), clean.astype(float))
+    if metric == "i2t_r1":  # an image's query hits or not, 100 images
+        hits = rng.random(100) < 0.85
+        return (hits.astype(float),), ((hits & (rng.random(100) > 0.15)).astype(float),)
+    if metric == "t2i_r1":  # the share of an image's 5 captions that hit, 100 images
+        hits = rng.binomial(5, rng.uniform(0.3, 1.0, 100))
+        return (hits / 5,), (np.maximum(hits - (rng.random(100) < 0.5), 0) / 5,)
+    if metric == "lmm_gain":  # LMM and CLIP correctness of the same items, both easier on easy items, 200 items
+        easy = rng.random(200)
+        lmm, clip = easy < 0.8, easy + rng.normal(0, 0.1, 200) < 0.75
+        worse = lmm & (rng.random(200) > 0.15)
+        return (lmm.astype(float), clip.astype(float)), (worse.astype(float), clip.astype(float))
+    # multiview: per-scene hit, same-position hit and point counts of 20 scenes, recall varying by scene
+    points = rng.integers(50, 100, 20).astype(float)
+    hits = rng.binomial(points.astype(int), rng.uniform(0.2, 0.8, 20)).astype(float)
+    same = rng.binomial(points.astype(int), 0.3).astype(float)
+    worse = rng.binomial(hits.astype(int), 0.8).astype(float)
+    base, cand = (hits, same, points), (worse, same, points)
+    if metric == "correspondence_recall":
+        return (hits, points), (worse, points)
+    return base, cand
+
+
+@pytest.mark.parametrize("metric", ["relative_top1", "i2t_r1", "t2i_r1", "correspondence_gain",
+                                    "correspondence_recall", "lmm_gain"])
+def test_outcome_rows_are_compared_paired_and_narrower_than_unpaired(metric):
+    """A row that keeps the per-item (per-scene) outcomes its value is computed from (the metric's recompute) is
+    compared with the baseline on the same resampled items: a candidate planted worse on the same items is flagged
+    by a regression gate with max_drop 0, and the paired CI is narrower than the unpaired one on the same rows."""
+    from dataclasses import replace
+
+    from clip_robustness.fixtures.plants import recorded_cell
+
+    base_arrays, cand_arrays = _outcomes(metric, np.random.default_rng(5))
+    base, cand = (recorded_cell(metric, *arrays, seed=0) for arrays in (base_arrays, cand_arrays))
+    where = {"dataset": "d", "condition": ""}
+    paired = compare({**cand.row("m"), **where}, cand.samples, base.row("b"), base.samples, seed=0)
+    unpaired = compare({**cand.row("m"), **where}, None, base.row("b"), None, seed=0)
+    assert paired["method"] == "paired bootstrap" and unpaired["method"].startswith("unpaired")
+    assert paired["delta"] == pytest.approx(unpaired["delta"]) == pytest.approx(cand.value - base.value)
+    assert paired["delta"] < 0 and paired["ci"][1] < 0, paired
+    width = [c["ci"][1] - c["ci"][0] for c in (paired, unpaired)]
+    assert width[0] < width[1], (metric, width)
+    gate = regression_verdict({**cand.row("m"), **where}, paired, Threshold("p", metric, max_drop=0.0))
+    assert gate["verdict"] == "fail", gate["message"]
+
+
+def test_outcome_rows_of_other_items_are_not_paired():
+    """Per-item outcomes carry no labels to check: rows name their items in extra["items_digest"], and a
+    baseline that measured other items (another --seed draws as many) is compared unpaired, saying why."""
+    from clip_robustness.plugins.regression import items_digest
+
+    hits = (np.random.default_rng(6).random(100) < 0.8).astype(float)
+    row = {"model": "m", "metric": "i2t_r1", "value": float(hits.mean()), "ci": [0.7, 0.9], "higher_is_better": True}
+    samples = {"hits": hits}
+    ours, theirs = items_digest([f"world:test/{i}" for i in range(100)]), items_digest([f"x/{i}" for i in range(100)])
+
+    def method(cand_extra, base_extra, base_samples=samples):
+        return compare({**row, "extra": cand_extra}, samples, {**row, "model": "b", "extra": base_extra},
+                       base_samples, seed=0)["method"]
+
+    assert method({"items_digest": ours}, {"items_digest": ours}) == "paired bootstrap"
+    assert method({}, {}) == "paired bootstrap"  # no digest on either side: the shapes are the only check
+    different = "unpaired (the two runs measured different items (items_digest differs))"
+    assert method({"items_digest": ours}, {"items_digest": theirs}) == different
+    assert method({"items_digest": ours}, {}) == different  # one side cannot show it measured the same items
+    assert method({}, {}, {"hits": hits[:90]}) == "unpaired (the per-sample arrays cover different numbers of items)"
+    logits, labels = _logits_with_accuracy(np.ones(50, dtype=bool))
+    other = compare(_cls_row(logits, labels), {"logits": logits, "labels": labels}, {**_cls_row(logits, labels),
+                    "model": "b"}, {"logits": logits, "labels": np.roll(labels, 1)}, seed=0)
+    assert other["method"] == "unpaired (the labels differ, so the items do)"

@@ -11,11 +11,13 @@ from clip_robustness.fixtures import plants as P
 
 SEED = 0
 # Per property a size the power table detects at every seed (docs/sensitivity.md), so a miss is a regression
-# of the harness's sensitivity, not bad luck. Except multiview: its headline cell (13-19 scenes, an unpaired
-# comparison) detects even f = 1 at only 5 of 10 seeds; f = 1 is detected at SEED (delta -0.081, CI upper end
-# -0.012; every draw is seeded), so the test still fails when the plant or the comparison loses its effect.
+# of the harness's sensitivity, not bad luck; the smallest such size where the comparison is paired on per-item
+# outcomes (retrieval, corruption, lmm), so a comparison that falls back to unpaired fails here. Except
+# multiview: its headline cell (13-19 scenes, paired over scenes) detects even f = 1 at only 6 of 10 seeds;
+# f = 1 is detected at SEED (delta -0.081, CI upper end -0.036; every draw is seeded), so the test still fails
+# when the plant or the comparison loses its effect.
 MUST_DETECT = {"accuracy": 0.05, "factor": 0.2, "shape_bias": 0.3, "calibration": 2.0, "ood": 0.05,
-               "retrieval": 0.3, "corruption2d": 1.0, "corruption3d": 1.0, "multiview": 1.0, "lmm": 0.1}
+               "retrieval": 0.05, "corruption2d": 0.75, "corruption3d": 0.75, "multiview": 1.0, "lmm": 0.005}
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +68,18 @@ def test_planted_effect_is_detected(studies, prop: str) -> None:
         assert lo <= study.expected(size) <= hi, (prop, study.expected(size), comparison)
 
 
+# A calibrated comparison flags about 5% of the nulls, so one seeded draw would be flagged for some property now and
+# then (multiview's draw 0 is, paired); two or more of five draws has a probability of about 2%.
+NULL_DRAWS, MAY_FLAG = 5, 1
+
+
 @pytest.mark.parametrize("prop", P.PROPERTIES)
 def test_null_is_not_flagged(studies, prop: str) -> None:
     study = studies(prop)
-    comparison = P.compare_cells(study.null(P.plant_rng(prop, SEED, "null/0")), study.baseline, seed=SEED)
-    assert not P.flagged(comparison), (prop, comparison)
-    assert comparison["delta"] != 0, "the null must perturb the cell (else it could never be flagged)"
+    comparisons = [P.compare_cells(study.null(P.plant_rng(prop, SEED, f"null/{draw}")), study.baseline, seed=SEED)
+                   for draw in range(NULL_DRAWS)]
+    assert sum(P.flagged(c) for c in comparisons) <= MAY_FLAG, (prop, comparisons)
+    assert all(c["delta"] != 0 for c in comparisons), "the null must perturb the cell (else it could never be flagged)"
 
 
 def test_unchanged_model_compares_equal(studies) -> None:
