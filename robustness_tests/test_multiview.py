@@ -68,6 +68,8 @@ def test_correspondence_world(clip, world, record, rb_config):
     pairs = binned_view_pairs(renders, grids, dense.stride, scenes.item_ids)
     if not pairs:
         pytest.fail("no view pair of the chosen scenes shows the main object in both views", pytrace=False)
+    for pair in pairs:  # each pair's distances once for every threshold (it is scored in its bin and in "all")
+        pair.chance_at(THRESHOLDS)
     for label in [f"{lo}-{hi}" for lo, hi in ANGLE_BINS] + ["all"]:
         chosen = [p for p in pairs if label in ("all", angle_bin(p.angle))]
         if not chosen:
