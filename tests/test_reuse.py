@@ -94,6 +94,35 @@ def test_factor_suite_renders_are_kept_on_disk(tmp_path, renders, monkeypatch):
     np.testing.assert_array_equal(np.stack(again), np.stack(rgb))
 
 
+def test_a_condition_giving_images_of_different_sizes_is_used_and_not_kept(tmp_path):
+    """A team's own condition may crop each render differently: its images are embedded, not cached."""
+    from clip_robustness.fixtures.embed import ImageTransform, image_embeddings
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
+
+    calls = []
+
+    def crop(images, item_ids):  # a different size per image
+        calls.append(len(images))
+        return [im[: 40 + k % 3, : 40 + k % 3] for k, im in enumerate(images)]
+
+    model, ds = load_model(parse_model_spec("embedded:rn-clip")), datasets.world_dataset("test", n=6)
+    cache = EmbeddingCache(tmp_path)
+    first = image_embeddings(model, ds, cache, ImageTransform("team-crop", crop))
+    assert first.shape == (6, model.embed_dim) and calls == [6]
+    from clip_robustness.fixtures.cache import cache_key, digest_strings
+
+    def kept(spec: str) -> bool:  # the entry of the six items (one decode sub-batch) under condition ``spec``
+        return cache.path_for(cache_key({"kind": "condition-images", "condition": spec, "items": digest_strings(
+            list(ds.item_ids)), "render_version": datasets.RENDER_VERSION})).exists()
+
+    assert not kept("team-crop")
+    image_embeddings(model, ds, cache, ImageTransform("team-flip", lambda images, ids: [im[::-1] for im in images]))
+    assert kept("team-flip")  # same-sized images are kept
+    again = EmbeddingCache(tmp_path)  # the embeddings were
+    np.testing.assert_array_equal(image_embeddings(model, ds, again, ImageTransform("team-crop", crop)), first)
+    assert calls == [6]
+
+
 def test_world_depth_source_shares_the_render_memo(renders):
     from clip_robustness.fixtures.corruption_cells import world_depth_source
 
