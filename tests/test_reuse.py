@@ -96,6 +96,7 @@ def test_factor_suite_renders_are_kept_on_disk(tmp_path, renders, monkeypatch):
 
 def test_a_condition_giving_images_of_different_sizes_is_used_and_not_kept(tmp_path):
     """A team's own condition may crop each render differently: its images are embedded, not cached."""
+    from clip_robustness.fixtures.cache import cache_key, digest_strings
     from clip_robustness.fixtures.embed import ImageTransform, image_embeddings
     from clip_robustness.fixtures.models import load_model, parse_model_spec
 
@@ -109,7 +110,6 @@ def test_a_condition_giving_images_of_different_sizes_is_used_and_not_kept(tmp_p
     cache = EmbeddingCache(tmp_path)
     first = image_embeddings(model, ds, cache, ImageTransform("team-crop", crop))
     assert first.shape == (6, model.embed_dim) and calls == [6]
-    from clip_robustness.fixtures.cache import cache_key, digest_strings
 
     def kept(spec: str) -> bool:  # the entry of the six items (one decode sub-batch) under condition ``spec``
         return cache.path_for(cache_key({"kind": "condition-images", "condition": spec, "items": digest_strings(
