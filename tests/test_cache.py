@@ -52,14 +52,17 @@ def test_hit_after_miss_and_key_sensitivity(tmp_path):
         assert cache_key({**parts, **changed}) != cache_key(parts)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "swap"])
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "swap"])
 def test_corrupt_entry_is_recomputed_with_warning(tmp_path, damage):
+    """"empty" is what a crash can leave of an entry, which is written without fsync (fixtures/_io.py)."""
     cache = EmbeddingCache(tmp_path)
     parts = {"k": 1}
     cache.get_or_compute(parts, lambda: np.arange(5.0))
     path = cache.path_for(cache_key(parts))
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:40])
+    elif damage == "empty":
+        path.write_bytes(b"")
     elif damage == "garbage":
         path.write_bytes(b"not an npz")
     else:  # a valid entry of another key copied over this one
@@ -131,3 +134,18 @@ def test_unwritable_entry_warns_once_and_keeps_the_value(tmp_path, monkeypatch):
     with pytest.warns(CacheWarning, match="not usable for writing") as caught:
         values = [cache.get_or_compute({"i": i}, lambda i=i: np.full(2, float(i))) for i in range(3)]
     assert len(caught) == 1 and [v[0] for v in values] == [0.0, 1.0, 2.0] and cache.misses == 3
+
+
+def test_cache_entries_skip_fsync_and_reports_do_not(tmp_path, monkeypatch):
+    """A checksummed cache entry needs no fsync (a torn one is recomputed); a report file gets one."""
+    import os
+
+    from clip_robustness.fixtures._io import atomic_write_text
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    EmbeddingCache(tmp_path / "c").get_or_compute({"k": 1}, lambda: np.arange(3.0))
+    assert synced == []
+    atomic_write_text(tmp_path / "robustness.json", "{}")
+    assert len(synced) == 1
