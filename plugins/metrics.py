@@ -1288,6 +1288,27 @@ def pooled_gain(hits: Any, same_position_hits: Any, points: Any, *, validate: bo
     return float((h.sum() - same.sum()) / total)
 
 
+def _count_items(*counts: Any) -> tuple[np.ndarray, ...] | None:
+    arrays = tuple(np.asarray(c) for c in counts)
+    return arrays if all(a.ndim == 1 and a.dtype.kind in "biuf" for a in arrays) else None
+
+
+def _pooled_recall_from_resamples(counts: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    hits, points = counts
+    return np.asarray(_safe_ratio(hits[idx].sum(axis=1), points[idx].sum(axis=1), "pooled_recall (0 points)"))
+
+
+def _pooled_gain_from_resamples(counts: tuple[np.ndarray, np.ndarray, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    hits, same, points = counts
+    return np.asarray(_safe_ratio(hits[idx].sum(axis=1) - same[idx].sum(axis=1), points[idx].sum(axis=1),
+                                  "pooled_gain (0 points)"))
+
+
+# per-scene counts resampled by scene: the multiview rows' CIs, 1000 resamples for each of their 30 cells
+BATCHED[pooled_recall] = BatchedForm(_count_items, _pooled_recall_from_resamples)
+BATCHED[pooled_gain] = BatchedForm(_count_items, _pooled_gain_from_resamples)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry of report metrics: direction and bounds live here, next to the definitions
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,13 @@ def _scores(rng: np.random.Generator, n: int, m: int) -> tuple[np.ndarray, np.nd
     return np.round(rng.normal(1.0, 1.0, n), 1).astype(np.float32), np.round(rng.normal(0.0, 1.0, m), 1)
 
 
+def _counts(rng: np.random.Generator, scenes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-scene hits, same-position hits and points (S,) float64, as fixtures.multiview.score_pairs sums them."""
+    points = rng.integers(20, 300, scenes).astype(float)
+    return rng.binomial(points.astype(int), 0.3).astype(float), rng.binomial(points.astype(int), 0.1).astype(float), \
+        points
+
+
 # one case per registered batched form: (statistic as the tests pass it, data, two-sample)
 CASES = {
     np.mean: (np.mean, lambda r: (r.random(120) < 0.7,), False),
@@ -54,6 +61,8 @@ CASES = {
     M.aupr_out_score: (partial(M.aupr_out_score, validate=False), lambda r: _scores(r, 130, 90), True),
     M.accuracy_ratio: (partial(M.accuracy_ratio, validate=False),
                        lambda r: ((r.random(130) < 0.5).astype(float), (r.random(90) < 0.8).astype(float)), True),
+    M.pooled_recall: (partial(M.pooled_recall, validate=False), lambda r: _counts(r, 16)[::2], False),
+    M.pooled_gain: (partial(M.pooled_gain, validate=False), lambda r: _counts(r, 16), False),
 }
 
 
@@ -110,6 +119,10 @@ def test_from_resamples_equals_the_statistic_on_each_row(seed, n, m, k, levels, 
         idx = (rng.integers(0, n, (5, k)), rng.integers(0, m, (5, max(1, k // 2))))
     elif key is np.mean:
         data, idx = (rng.integers(0, levels, n) / levels,), (rng.integers(0, n, (5, k)),)
+    elif key in (M.pooled_recall, M.pooled_gain):  # per-scene counts, at least one point per scene
+        points = rng.integers(1, 3 * levels, n).astype(float)
+        counts = (rng.binomial(points.astype(int), 0.4).astype(float), rng.binomial(points.astype(int), 0.2), points)
+        data, idx = (counts[::2] if key is M.pooled_recall else counts), (rng.integers(0, n, (5, k)),)
     else:
         logits = rng.integers(0, levels, (n, 3)).astype(float)
         data, idx = (M.softmax(logits), rng.integers(0, 3, n)), (rng.integers(0, n, (5, k)),)
