@@ -11,7 +11,6 @@ hundreds of cells at 5% each would flag noise somewhere in every run.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import zipfile
 from collections.abc import Sequence
@@ -37,7 +36,9 @@ def items_digest(item_ids: Sequence[str]) -> str:
     >>> items_digest(["a", "b"]) == items_digest(["b", "a"])
     False
     """
-    return hashlib.sha256("\n".join(item_ids).encode()).hexdigest()[:16]
+    from clip_robustness.fixtures.cache import digest_strings
+
+    return digest_strings(list(item_ids))[:16]
 
 
 def _not_aligned(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row: dict[str, Any],
@@ -143,7 +144,8 @@ def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
         if of_cand and of_base:
             deltas.append(of_cand(ia, ib) - of_base(ia, ib))  # (R,)
         else:
-            deltas.append([statistic(cand[0][a], cand[1][b]) - statistic(base[0][a], base[1][b]) for a, b in zip(ia, ib)])
+            deltas.append([statistic(cand[0][a], cand[1][b]) - statistic(base[0][a], base[1][b])
+                           for a, b in zip(ia, ib)])
     deltas = np.concatenate(deltas)  # (n_resamples,)
     lo, hi = np.percentile(deltas, [2.5, 97.5])
     not_worse = deltas >= 0 if higher_is_better else deltas <= 0

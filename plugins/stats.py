@@ -93,7 +93,7 @@ def _nan_interval(message: str) -> Interval:
 
 
 def batched_statistic(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *,
-             samples: int = 1) -> Callable[..., np.ndarray] | None:
+                      samples: int = 1) -> Callable[..., np.ndarray] | None:
     """``statistic`` as a function of index matrices, evaluated on all their rows (resamples) at once from
     per-item summaries, when it has a batched form covering ``arrays``; None: call it per resample.
     ``samples=1``: one index matrix for every array (joint resampling, e.g. ID and OOD scores paired);

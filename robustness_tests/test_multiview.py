@@ -35,20 +35,19 @@ from clip_robustness.fixtures.conditions import condition
 from clip_robustness.fixtures.datasets import ImageDataset
 from clip_robustness.fixtures.dense import view_angle_deg
 from clip_robustness.fixtures.embed import classifier_logits, head_choices
-from clip_robustness.fixtures.multiview import (ANGLE_BINS, CORRESPONDENCE_PX, angle_bin, binned_view_pairs,
+from clip_robustness.fixtures.multiview import (ANGLE_BINS, CORRESPONDENCE_PX, SCENES, angle_bin, binned_view_pairs,
                                                  scene_renders, score_pairs, view_features)
 from clip_robustness.plugins.regression import items_digest
 
 pytestmark = pytest.mark.multiview
 
-DEFAULT_SCENES = 40
 THRESHOLDS = (4.0, 8.0, 16.0)  # px of the 128 px renders
 
 
 def multiview_set(world, rb_config, size: int | None = None) -> tuple[ImageDataset, list[list]]:
     """The scenes and their renders (at ``size`` px, default the split's): ``renders[s][0]`` is the
     reference view of scene s."""
-    scenes = world("test").head(DEFAULT_SCENES if rb_config.limit is None else None)
+    scenes = world("test").head(SCENES if rb_config.limit is None else None)
     return scenes, scene_renders(scenes, size)
 
 

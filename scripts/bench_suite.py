@@ -8,10 +8,10 @@
 Each suite runs twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm (the same
 cache, nothing changed); with ``--new-checkpoint PREVIOUS`` the one-model suite also runs as a new checkpoint
 in CI (on a fresh cache that a run of the PREVIOUS model filled first). In the test process this file, loaded
-as a pytest plugin (``-p bench_suite``), times the functions of each bucket (``BUCKETS``), records start-up (process start to the first test) and each
-model's unique forwarded images (content digests). Bucket seconds are self time: a call of one bucket inside
-another's counts for the inner one only; time spent in decode worker threads is shown apart (it overlaps the
-main thread). ``other`` is the wall time no bucket and no start-up explains (fixtures, metrics, pytest).
+as a pytest plugin (``-p bench_suite``), times the functions of each bucket (``BUCKETS``), records start-up
+(process start to the first test) and each model's unique forwarded images (content digests). Bucket seconds
+are self time: a call of one bucket inside another's counts for the inner one only; time spent in decode
+worker threads is shown apart (it overlaps the main thread). ``other`` is the wall time no bucket and no start-up explains (fixtures, metrics, pytest).
 Then, in this process: the forward floor (a bare open_clip ``encode_image`` over that many images, preloaded
 tensors at the model's input size, batches of 256, the run's thread count) and decode throughput
 (``measure_decode`` of scripts/bench_decode.py, when present). Prints the tables and the ratios warm/cold,
@@ -285,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-arch", default="ViT-B-32:random", help="a 224 px model for the decode measurement")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode measurement")
     parser.add_argument("--new-checkpoint", metavar="PREVIOUS", default=None,
-                        help="also time the one-model suite as a new checkpoint in CI: on a fresh cache that a run of "
-                             "the PREVIOUS model filled (renders, corrupted renders: what does not depend on the model)")
+                        help="also time the one-model suite as a new checkpoint in CI: on a fresh cache that a run "
+                             "of the PREVIOUS model filled (renders, corrupted renders: what does not depend on "
+                             "the model)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the caches and reports (default: temp)")
     args = parser.parse_args(argv)
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]

@@ -57,7 +57,8 @@ def test_ratios_are_computed_from_the_runs_and_the_floor(bench: types.ModuleType
     def run(wall: float, forward: float) -> dict:
         return {"wall": wall, "startup": 1.0, "buckets": {"forward": {"seconds": forward}}, "cache": {}, "exit": 0}
 
-    results = {"one-model cold": run(80.0, 25.0), "one-model warm": run(4.0, 0.0), "one-model checkpoint": run(60.0, 25.0)}
+    results = {"one-model cold": run(80.0, 25.0), "one-model warm": run(4.0, 0.0),
+               "one-model checkpoint": run(60.0, 25.0)}
     ratios = {name: value for name, value, _ in bench.print_tables(results, {"one-model": 20.0}, None, "no decode")}
     assert ratios == {"one-model: warm / cold wall": 0.05, "one-model: cold wall / forward floor (20.0 s)": 4.0,
                       "one-model: cold forward bucket / forward floor": 1.25,
