@@ -5,18 +5,18 @@
     python scripts/bench_suite.py --limit 300 -k "calibration or ood"     # a quick slice
     python scripts/bench_suite.py --new-checkpoint embedded:rn-clip-ft   # also a new checkpoint's run in CI
 
-Each suite runs twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm (the same
-cache, nothing changed); with ``--new-checkpoint PREVIOUS`` the one-model suite also runs as a new checkpoint
-in CI (on a fresh cache that a run of the PREVIOUS model filled first). In the test process this file, loaded
-as a pytest plugin (``-p bench_suite``), times the functions of each bucket (``BUCKETS``), records start-up
-(process start to the first test) and each model's unique forwarded images (content digests). Bucket seconds
-are self time: a call of one bucket inside another's counts for the inner one only; time spent in decode
-worker threads is shown apart (it overlaps the main thread). ``other`` is the wall time no bucket and no
-start-up explains (fixtures, metrics, pytest). Then, in this process: the forward floor (a bare open_clip ``encode_image`` over that many images, preloaded
-tensors at the model's input size, batches of 256, the run's thread count) and decode throughput
+Each suite runs twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm (the same cache,
+nothing changed); with ``--new-checkpoint PREVIOUS`` the one-model suite also runs as a new checkpoint in CI (on a
+fresh cache that a run of the PREVIOUS model filled first). In the test process this file, loaded as a pytest
+plugin (``-p bench_suite``), times the functions of each bucket (``BUCKETS``), records start-up (process start to
+the first test) and each model's unique forwarded images (content digests). Bucket seconds are self time: a call of
+one bucket inside another's counts for the inner one only; time spent in decode worker threads is shown apart (it
+overlaps the main thread). ``other`` is the wall time no bucket and no start-up explains (fixtures, metrics,
+pytest). Then, in this process: the forward floor (a bare open_clip ``encode_image`` over that many images,
+preloaded tensors at the model's input size, batches of 256, the run's thread count) and decode throughput
 (``measure_decode`` of scripts/bench_decode.py, when present). Prints the tables and the ratios warm/cold,
-cold/floor and decode harness/bare; writes them to WORK/bench.json. Threads: OMP_NUM_THREADS as given
-(default 1, comparable on a busy machine). Serial runs only (no -n).
+cold/floor and decode harness/bare; writes them to WORK/bench.json. Threads: OMP_NUM_THREADS as given (default 1,
+comparable on a busy machine). Serial runs only (no -n).
 """
 from __future__ import annotations
 
