@@ -4,6 +4,7 @@
     python scripts/bench_suite.py --zoo                 # also the default six-model suite (~40 min more)
     python scripts/bench_suite.py --limit 300 -k "calibration or ood"     # a quick slice
     python scripts/bench_suite.py --new-checkpoint embedded:rn-clip-ft   # also a new checkpoint's run in CI
+    python scripts/bench_suite.py --workers 2           # the suites under pytest -n 2
 
 Each suite runs twice in subprocesses on one fresh embedding cache: cold (empty cache), then warm (the same cache,
 nothing changed); with ``--new-checkpoint PREVIOUS`` the one-model suite also runs as a new checkpoint in CI (on a
@@ -16,7 +17,9 @@ pytest). Then, in this process: the forward floor (a bare open_clip ``encode_ima
 preloaded tensors at the model's input size, batches of 256, the run's thread count) and decode throughput
 (``measure_decode`` of scripts/bench_decode.py, when present). Prints the tables and the ratios warm/cold,
 cold/floor and decode harness/bare; writes them to WORK/bench.json. Threads: OMP_NUM_THREADS as given (default 1,
-comparable on a busy machine). Serial runs only (no -n).
+comparable on a busy machine). ``--workers N`` runs the suites under ``-n N``: bucket seconds are then summed over
+the processes (CPU time, not wall), and the floor is also measured on N processes (the images split over N bare
+forward loops started together), the cores such a run uses.
 """
 from __future__ import annotations
 
@@ -155,11 +158,36 @@ def pytest_runtest_protocol(item, nextitem) -> None:
 
 
 def pytest_unconfigure(config) -> None:
+    """Each process writes its own probe (an xdist worker's beside the controller's); the driver merges them."""
     path = os.environ.get(PROBE_ENV)
-    if path and not hasattr(config, "workerinput"):
-        images = {m: {"forwarded": v["forwarded"], "unique": len(v["digests"])} for m, v in _probe["images"].items()}
-        Path(path).write_text(json.dumps({"buckets": _totals, "first_test_at": _probe["first_test_at"],
-                                          "overhead_s": _probe["overhead_s"], "images": images}))
+    if path:
+        worker = getattr(config, "workerinput", {}).get("workerid")
+        images = {m: {"forwarded": v["forwarded"], "digests": sorted(d.hex() for d in v["digests"])}
+                  for m, v in _probe["images"].items()}
+        Path(path + (f".{worker}" if worker else "")).write_text(json.dumps({
+            "buckets": _totals, "first_test_at": _probe["first_test_at"], "overhead_s": _probe["overhead_s"],
+            "images": images}))
+
+
+def merge_probes(path: Path) -> dict:
+    """The controller's probe and its workers' (``PATH.gwN``): bucket seconds summed over the processes (CPU
+    time on all cores, not wall), the first test's start, each model's images (unique over the processes)."""
+    probes = [json.loads(p.read_text()) for p in [path, *sorted(path.parent.glob(path.name + ".gw*"))] if p.exists()]
+    buckets: dict[str, dict[str, float]] = {}
+    images: dict[str, dict] = {}
+    for probe in probes:
+        for b, t in probe["buckets"].items():
+            into = buckets.setdefault(b, {"seconds": 0.0, "worker_seconds": 0.0, "calls": 0})
+            for k in into:
+                into[k] += t.get(k, 0)
+        for m, v in probe["images"].items():
+            into = images.setdefault(m, {"forwarded": 0, "digests": set()})
+            into["forwarded"] += v["forwarded"]
+            into["digests"].update(v["digests"])
+    starts = [p["first_test_at"] for p in probes if p["first_test_at"]]
+    return {"buckets": buckets, "first_test_at": min(starts) if starts else None,
+            "overhead_s": sum(p["overhead_s"] for p in probes), "processes": len(probes),
+            "images": {m: {"forwarded": v["forwarded"], "unique": len(v["digests"])} for m, v in images.items()}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +197,8 @@ def pytest_unconfigure(config) -> None:
 def run_suite(label: str, models: list[str], args: argparse.Namespace, cache: Path, work: Path) -> dict:
     probe = work / f"{label}.probe.json"
     report = work / label
-    probe.unlink(missing_ok=True)
+    for stale in [probe, *work.glob(probe.name + ".gw*")]:
+        stale.unlink(missing_ok=True)
     env = {**os.environ, PROBE_ENV: str(probe), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -177,6 +206,7 @@ def run_suite(label: str, models: list[str], args: argparse.Namespace, cache: Pa
            "--report-dir", str(report), "--embedding-cache", str(cache), "--device", args.device]
     cmd += [x for m in models for x in ("--model", m)]
     cmd += (["--limit", str(args.limit)] if args.limit else []) + (["-k", args.k] if args.k else [])
+    cmd += ["-n", str(args.workers)] if args.workers else []
     launched = time.time()
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -184,11 +214,12 @@ def run_suite(label: str, models: list[str], args: argparse.Namespace, cache: Pa
     if not probe.exists():
         sys.exit(f"the {label} run wrote no measurements (exit {done.returncode}):\n{done.stdout[-3000:]}"
                  f"{done.stderr[-3000:]}")
-    measured = json.loads(probe.read_text())
+    measured = merge_probes(probe)
     run = json.loads((report / "robustness.json").read_text())["run"] if (report / "robustness.json").exists() else {}
     first = measured["first_test_at"]
     return {"wall": wall, "startup": (first - launched) if first else None, "buckets": measured["buckets"],
-            "overhead_s": measured["overhead_s"], "images": measured["images"], "cache": run.get("cache", {}),
+            "overhead_s": measured["overhead_s"], "images": measured["images"], "processes": measured["processes"],
+            "cache": run.get("cache", {}),
             "threads": run.get("threads"), "specs": {m: (i or {}).get("spec", m) for m, i in (run.get("models") or {}).items()},
             "exit": done.returncode, "tail": done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []}
 
@@ -215,6 +246,41 @@ def forward_floor(spec: str, n: int, threads: int, device: str) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def _floor_process(spec: str, n: int, threads: int, device: str, barrier) -> tuple[float, float]:
+    """One process of ``parallel_forward_floor``: (start, end) wall times of its forward after the barrier."""
+    import torch
+
+    from clip_robustness.fixtures.models import load_model, parse_model_spec
+
+    torch.set_num_threads(threads)
+    model = load_model(parse_model_spec(spec), device=device).model
+    size = model.visual.image_size
+    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    batch = torch.randn(FLOOR_BATCH, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        model.encode_image(batch[:8])
+        barrier.wait()
+        start = time.time()
+        for done in range(0, n, FLOOR_BATCH):
+            model.encode_image(batch[:min(FLOOR_BATCH, n - done)], normalize=True)
+    return start, time.time()
+
+
+def parallel_forward_floor(spec: str, n: int, threads: int, device: str, processes: int) -> float:
+    """The forward floor on the cores a run under ``-n processes`` uses: ``n`` images split over that many
+    processes (``threads`` torch threads each), started together; seconds from the first start to the last end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
+        barrier = manager.Barrier(processes)
+        shares = [n // processes + (i < n % processes) for i in range(processes)]
+        spans = list(pool.map(_floor_process, [spec] * processes, shares, [threads] * processes,
+                              [device] * processes, [barrier] * processes))
+    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
 def decode_throughput(args: argparse.Namespace, work: Path) -> tuple[dict | None, str]:
@@ -255,14 +321,18 @@ def print_tables(results: dict[str, dict], floors: dict[str, float], decode: dic
         target = "≤ 0.05" if suite == "one-model" else "≤ 0.10"
         if cold and warm:
             ratios.append((f"{suite}: warm / cold wall", warm["wall"] / cold["wall"], target))
+        checkpoint = results.get(f"{suite} checkpoint")
+        for floor in sorted(f for f in floors if f == suite or f.startswith(f"{suite} on ")):
+            where = floor.removeprefix(suite).strip() or "on 1 process"
+            if cold:
+                ratios.append((f"{suite}: cold wall / forward floor {where} ({floors[floor]:.1f} s)",
+                               cold["wall"] / floors[floor], "≤ 3" if suite == "one-model" else ""))
+            if checkpoint:
+                ratios.append((f"{suite}: new checkpoint wall / forward floor {where}",
+                               checkpoint["wall"] / floors[floor], ""))
         if cold and floors.get(suite):
-            ratios.append((f"{suite}: cold wall / forward floor ({floors[suite]:.1f} s)", cold["wall"] / floors[suite],
-                           "≤ 3" if suite == "one-model" else ""))
             fwd = cold["buckets"].get("forward", {}).get("seconds", 0)
             ratios.append((f"{suite}: cold forward bucket / forward floor", fwd / floors[suite], ""))
-        checkpoint = results.get(f"{suite} checkpoint")
-        if checkpoint and floors.get(suite):
-            ratios.append((f"{suite}: new checkpoint wall / forward floor", checkpoint["wall"] / floors[suite], ""))
     if decode and decode.get("harness") and decode.get("bare"):
         ratios.append((f"decode: harness / bare images/s ({decode['harness']:.1f} / {decode['bare']:.1f})",
                        decode["harness"] / decode["bare"], "≥ 0.9"))
@@ -288,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the one-model suite as a new checkpoint in CI: on a fresh cache that a run "
                              "of the PREVIOUS model filled (renders, corrupted renders: what does not depend on "
                              "the model)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run each suite under pytest-xdist with this many workers (-n N); the bucket seconds "
+                             "are then summed over the processes, and the forward floor is also measured on N "
+                             "processes")
     parser.add_argument("--work", type=Path, default=None, help="folder for the caches and reports (default: temp)")
     args = parser.parse_args(argv)
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]
@@ -313,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{suite} forward floor: {floors[suite]:.1f} s over "
               f"{sum(v['unique'] for v in cold['images'].values())} unique images "
               f"({sum(v['forwarded'] for v in cold['images'].values())} forwarded), {threads} thread(s)", flush=True)
+        if args.workers:
+            floors[f"{suite} on {args.workers} processes"] = sum(
+                parallel_forward_floor(cold["specs"].get(m, m), v["unique"], threads, args.device, args.workers)
+                for m, v in cold["images"].items() if v["unique"])
+            print(f"{suite} forward floor on {args.workers} processes: "
+                  f"{floors[f'{suite} on {args.workers} processes']:.1f} s", flush=True)
     if args.new_checkpoint:
         cache = work / "checkpoint-cache"
         shutil.rmtree(cache, ignore_errors=True)

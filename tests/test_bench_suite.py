@@ -59,8 +59,31 @@ def test_ratios_are_computed_from_the_runs_and_the_floor(bench: types.ModuleType
 
     results = {"one-model cold": run(80.0, 25.0), "one-model warm": run(4.0, 0.0),
                "one-model checkpoint": run(60.0, 25.0)}
-    ratios = {name: value for name, value, _ in bench.print_tables(results, {"one-model": 20.0}, None, "no decode")}
-    assert ratios == {"one-model: warm / cold wall": 0.05, "one-model: cold wall / forward floor (20.0 s)": 4.0,
-                      "one-model: cold forward bucket / forward floor": 1.25,
-                      "one-model: new checkpoint wall / forward floor": 3.0}
+    floors = {"one-model": 20.0, "one-model on 2 processes": 10.0}
+    ratios = {name: value for name, value, _ in bench.print_tables(results, floors, None, "no decode")}
+    assert ratios == {"one-model: warm / cold wall": 0.05,
+                      "one-model: cold wall / forward floor on 1 process (20.0 s)": 4.0,
+                      "one-model: new checkpoint wall / forward floor on 1 process": 3.0,
+                      "one-model: cold wall / forward floor on 2 processes (10.0 s)": 8.0,
+                      "one-model: new checkpoint wall / forward floor on 2 processes": 6.0,
+                      "one-model: cold forward bucket / forward floor": 1.25}
     assert "| one-model checkpoint | 60.0 |" in capsys.readouterr().out
+
+
+def test_probes_of_xdist_workers_are_merged(bench: types.ModuleType, tmp_path: Path) -> None:
+    """Under -n N every process writes its probe: seconds add up, images are unique over the processes."""
+    import json
+
+    def probe(path: Path, first: float | None, seconds: float, digests: list[str], forwarded: int) -> None:
+        path.write_text(json.dumps({"buckets": {"forward": {"seconds": seconds, "worker_seconds": 0.5, "calls": 2}},
+                                    "first_test_at": first, "overhead_s": 0.25,
+                                    "images": {"m": {"forwarded": forwarded, "digests": digests}} if digests else {}}))
+
+    path = tmp_path / "cold.probe.json"
+    probe(path, None, 1.0, [], 0)  # the controller runs no test
+    probe(tmp_path / "cold.probe.json.gw0", 12.0, 10.0, ["aa", "bb"], 3)
+    probe(tmp_path / "cold.probe.json.gw1", 11.5, 5.0, ["bb", "cc"], 2)
+    merged = bench.merge_probes(path)
+    assert merged["buckets"]["forward"] == {"seconds": 16.0, "worker_seconds": 1.5, "calls": 6}
+    assert merged["first_test_at"] == 11.5 and merged["processes"] == 3 and merged["overhead_s"] == 0.75
+    assert merged["images"] == {"m": {"forwarded": 5, "unique": 3}}

@@ -606,8 +606,9 @@ def test_lmm_summary_quotes_the_loglik_gain(lmm_rendered):
 def test_figures_of_an_unchanged_report_come_from_the_cache(tmp_path, monkeypatch):
     """Issue 14: a warm re-render draws no figure and writes the same bytes as a render without the
     cache (notes of missing/corrupt sample files included); a changed row never hits."""
-    from clip_robustness.plugins.html import figures
+    from clip_robustness.plugins.html import figures, helper
 
+    monkeypatch.setattr(helper, "START_AFTER", 10**9)  # counts this process's drawing: no helper beside it
     report_dir, cache = tmp_path / "rep", tmp_path / "cache"
     report_dir.mkdir()
     report = build_report(report_dir)
@@ -633,6 +634,51 @@ def test_figures_of_an_unchanged_report_come_from_the_cache(tmp_path, monkeypatc
     first["value"] = round(first["value"] - 0.2, 6)
     drawn.clear()
     assert html(changed, cache) == html(changed, None) and drawn  # a changed input is drawn again
+
+
+def test_the_drawing_helper_draws_the_same_figures_under_the_same_keys(tmp_path, monkeypatch):
+    """Issue 14: the helper process draws the page's views (here all of them, in reverse, left to finish)
+    into the cache under the keys this process computes: the render after it draws nothing and writes the
+    bytes of a render without any cache. Its inputs folder is removed when it stops."""
+    from clip_robustness.plugins.html import figures, helper
+    from clip_robustness.plugins.html.page import _Figures
+
+    report_dir, cache = tmp_path / "rep", tmp_path / "cache"
+    report_dir.mkdir()
+    report = build_report(report_dir)
+    plain = render_html(report, report_dir=report_dir)
+    views = _Figures.of(report, report_dir, None).views
+    assert views[0] == "regression" and views[-1] == "factors" and len(views) > 5
+    monkeypatch.setattr(helper, "available_cores", lambda: 2)
+    drawing = helper.DrawingHelper(report, report_dir, cache, views[::-1])
+    drawing.before_drawing(helper.START_AFTER - 1)
+    assert drawing._process is None  # not before this process drew START_AFTER figures
+    drawing.before_drawing(helper.START_AFTER)
+    assert drawing._process is not None and drawing._process.wait(timeout=300) == 0
+    folder = drawing._folder
+    drawing.stop()
+    assert folder is not None and not folder.exists()
+    drawn: list[str] = []
+    draw = figures.FigureRenderer._draw
+    monkeypatch.setattr(figures.FigureRenderer, "_draw",
+                        staticmethod(lambda plot, salt, ctx: drawn.append(plot.title) or draw(plot, salt, ctx)))
+    assert render_html(report, report_dir=report_dir, cache_dir=cache) == plain and drawn == []
+
+
+def test_no_drawing_helper_on_one_core_or_for_a_cached_page(tmp_path, monkeypatch):
+    from clip_robustness.plugins.html import helper
+
+    report_dir, cache = tmp_path / "rep", tmp_path / "cache"
+    report_dir.mkdir()
+    report = build_report(report_dir)
+    started: list[Any] = []
+    start = helper.DrawingHelper._start
+    monkeypatch.setattr(helper.DrawingHelper, "_start", lambda self: started.append(self) or start(self))
+    monkeypatch.setattr(helper, "available_cores", lambda: 1)
+    one_core = render_html(report, report_dir=report_dir, cache_dir=cache)
+    assert len(started) == 1 and started[0]._process is None and started[0]._folder is None  # asked, not started
+    monkeypatch.setattr(helper, "available_cores", lambda: 2)
+    assert render_html(report, report_dir=report_dir, cache_dir=cache) == one_core and len(started) == 1  # all cached
 
 
 def test_a_view_that_breaks_costs_its_figures_not_the_report(tmp_path, monkeypatch):

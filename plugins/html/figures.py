@@ -14,6 +14,7 @@ import json
 import math
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ from clip_robustness.plugins import properties as _properties
 from clip_robustness.plugins.html.rows import metric_limits, natural_key, num
 
 MAX_FIGURES = 12  # per property section; the table always lists every cell
-FIGURE_CACHE_VERSION = 1  # part of every cached figure's key: bump to drop all cached SVGs
+FIGURE_CACHE_VERSION = 2  # part of every cached figure's key: bump to drop all cached SVGs
 UNPLOTTED_EXTRA = frozenset({"images_per_s"})  # row extras no figure draws (a throughput differs run to run)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
@@ -110,36 +111,51 @@ class RenderedFigure:
 
 
 class FigureRenderer:
-    """Draws figures to inline SVG. Each figure gets its own deterministic ``svg.hashsalt`` so the
-    ids of clip paths are reproducible and do not collide between figures of one document.
+    """Draws figures to inline SVG. Each figure gets its own deterministic ``svg.hashsalt`` (its view and its
+    place among the view's drawn figures), so the ids of clip paths are reproducible and do not collide
+    between figures of one document, and a figure's salt does not depend on what other views drew.
 
     With a ``cache`` (the run's embedding cache), each figure's SVG and the notes its drawing made are
-    kept on disk under ``inputs`` (:func:`figure_inputs`: everything a plot reads) plus the plot's place,
-    title, caption and size, so re-rendering an unchanged report draws nothing and writes the same bytes."""
+    kept on disk under ``inputs`` (:func:`figure_inputs`: everything a plot reads) plus the plot's view,
+    place, title, caption and size, so re-rendering an unchanged report draws nothing and writes the same
+    bytes, and another process can draw some of the figures ahead (``clip_robustness.plugins.html.helper``).
+    ``before_drawing(n)`` is called before this renderer draws a figure itself, with the number it drew so far."""
 
-    def __init__(self, cache: Any = None, inputs: str = "") -> None:
-        self.count = 0  # figures drawn (the salt of the next one)
-        self.calls = 0  # candidates seen: a plot's place in the document
+    def __init__(self, cache: Any = None, inputs: str = "",
+                 before_drawing: Callable[[int], None] | None = None) -> None:
         self.cache = cache
         self.inputs = inputs
+        self.before_drawing = before_drawing
+        self.drawn_here = 0  # figures this renderer drew (the others came from the cache)
+        self._seen: Counter[str] = Counter()  # candidates seen per view: a plot's place in its view
+        self._drawn: Counter[str] = Counter()  # figures drawn per view: the salt of the next one
 
-    def render(self, plot: Plot, ctx: SectionContext | None = None) -> RenderedFigure | None:
-        """The plot as an inline figure, or None when it had nothing to draw."""
-        self.calls += 1
-        salt = f"rb-fig-{self.count + 1}"
+    def render(self, plot: Plot, ctx: SectionContext | None = None, *,
+               view: str | None = None) -> RenderedFigure | None:
+        """The plot as an inline figure, or None when it had nothing to draw. ``view`` names the part of the
+        page it belongs to (default: the section's property)."""
+        view = view if view is not None else ctx.prop if ctx else "page"
+        self._seen[view] += 1
+        salt = f"rb-fig-{view}-{self._drawn[view] + 1}"
         if self.cache is None:
-            drawn = self._draw(plot, salt, ctx)
+            drawn = self._draw_here(plot, salt, ctx)
         else:
             parts = {"kind": "html-figure", "version": FIGURE_CACHE_VERSION, "inputs": self.inputs,
-                     "section": ctx.prop if ctx else "", "call": self.calls, "salt": salt, "title": plot.title,
+                     "section": view, "call": self._seen[view], "salt": salt, "title": plot.title,
                      "caption": plot.caption, "size": [float(x) for x in plot.size]}
-            drawn = self.cache.get_or_compute_json(parts, lambda: self._draw(plot, salt, ctx))
+            drawn = self.cache.get_or_compute_json(parts, lambda: self._draw_here(plot, salt, ctx))
             for note in drawn["notes"]:  # a cached figure replays the notes its drawing made
                 ctx.note(note)  # type: ignore[union-attr]  (notes exist only with a ctx)
         if drawn["svg"] is None:
             return None
-        self.count += 1
+        self._drawn[view] += 1
         return RenderedFigure(plot.title, plot.caption, Markup(drawn["svg"]))
+
+    def _draw_here(self, plot: Plot, salt: str, ctx: SectionContext | None) -> dict[str, Any]:
+        if self.before_drawing is not None:
+            self.before_drawing(self.drawn_here)
+        self.drawn_here += 1
+        return self._draw(plot, salt, ctx)
 
     @staticmethod
     def _draw(plot: Plot, salt: str, ctx: SectionContext | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import math
 import re
 import shlex
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -281,30 +282,81 @@ def _section(ctx: SectionContext, renderer: FigureRenderer, anchor: str) -> dict
             "verdict": worst_verdict(verdict_of(r) for r in ctx.rows)}
 
 
-def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Everything the template needs, as plain strings, numbers and pre-rendered SVG; figures are cached
-    in ``cache_dir`` (the run's embedding cache folder) when given."""
+@dataclass
+class _Figures:
+    """What every figure of a report is drawn from; the same in this process and in a drawing helper."""
+
+    rows: list[dict[str, Any]]
+    run: dict[str, Any]
+    store: SampleStore
+    styles: ModelStyles
+    renderer: FigureRenderer
+    views: list[str]  # in page order: "regression", the properties, "factors"
+
+    @classmethod
+    def of(cls, report: dict[str, Any], report_dir: Path, cache_dir: Path | None) -> "_Figures":
+        run = report.get("run") or {}
+        rows = list(report["results"])
+        styles = ModelStyles(list(run.get("models") or {}) + sorted({r["model"] for r in rows}))
+        store = SampleStore(report_dir)
+        renderer = FigureRenderer()
+        if cache_dir is not None:
+            from clip_robustness.fixtures.cache import EmbeddingCache
+
+            renderer = FigureRenderer(EmbeddingCache(Path(cache_dir)), figure_inputs(rows, run, store))
+        props = ordered_properties(r["property"] for r in rows)
+        return cls(rows, run, store, styles, renderer, ["regression", *props, "factors"])
+
+    def draw(self, view: str, anchor: str = "") -> Any:
+        """One view of the page: the regression view, a property's section or the six-factor view."""
+        if view == "regression":
+            return regression_view(self.rows, self.renderer)
+        if view == "factors":
+            return six_factor_view(self.rows, self.run, self.styles, self.renderer)
+        ctx = SectionContext(view, [r for r in self.rows if r["property"] == view], self.rows, self.run, self.store,
+                             self.styles)
+        return _section(ctx, self.renderer, anchor)
+
+
+def draw_views_into_cache(report: dict[str, Any], report_dir: Path, cache_dir: Path, views: list[str]) -> None:
+    """Draw ``views`` of the page in this order into the figure cache (the drawing helper's work:
+    ``clip_robustness.plugins.html.helper``)."""
     import matplotlib as mpl
 
+    figures = _Figures.of(report, Path(report_dir), Path(cache_dir))
+    with mpl.rc_context(PLOT_STYLE):
+        for view in views:
+            figures.draw(view)
+
+
+def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Everything the template needs, as plain strings, numbers and pre-rendered SVG; figures are cached
+    in ``cache_dir`` (the run's embedding cache folder) when given. With a cache, the first figure this
+    process has to draw (beyond the first few) starts a helper process that draws the page from its last view
+    backwards (:mod:`clip_robustness.plugins.html.helper`), so a cold report's figures take about half the time."""
+    import matplotlib as mpl
+
+    from clip_robustness.plugins.html.helper import DrawingHelper
+
     validate_report(report)
-    run = report.get("run") or {}
-    rows = list(report["results"])
-    styles = ModelStyles(list(run.get("models") or {}) + sorted({r["model"] for r in rows}))
+    figures = _Figures.of(report, Path(report_dir), cache_dir)
+    run, rows, styles, store = figures.run, figures.rows, figures.styles, figures.store
     failed = failed_models(run)
     models = styles.sort([r["model"] for r in rows] + list(failed))  # a model that failed to load keeps its column
-    props = ordered_properties(r["property"] for r in rows)
-    store = SampleStore(report_dir)
-    renderer = FigureRenderer()
+    props = figures.views[1:-1]
+    helper = None
     if cache_dir is not None:
-        from clip_robustness.fixtures.cache import EmbeddingCache
-
-        renderer = FigureRenderer(EmbeddingCache(Path(cache_dir)), figure_inputs(rows, run, store))
+        helper = DrawingHelper(report, Path(report_dir), Path(cache_dir), figures.views[::-1])
+        figures.renderer.before_drawing = helper.before_drawing
     used: set[str] = set()
-    with mpl.rc_context(PLOT_STYLE):
-        regression = regression_view(rows, renderer)
-        sections = [_section(SectionContext(prop, [r for r in rows if r["property"] == prop], rows, run, store, styles),
-                             renderer, _slug(prop, used)) for prop in props]
-        factors = six_factor_view(rows, run, styles, renderer)
+    try:
+        with mpl.rc_context(PLOT_STYLE):
+            regression = figures.draw("regression")
+            sections = [figures.draw(prop, _slug(prop, used)) for prop in props]
+            factors = figures.draw("factors")
+    finally:
+        if helper is not None:
+            helper.stop()
     flagged = sorted((r for r in rows if verdict_of(r) in ("fail", "inconclusive")),
                      key=lambda r: (VERDICT_RANK[verdict_of(r)], props.index(r["property"]), r["model"], r["dataset"],
                                     r["condition"], r["metric"]))

@@ -44,7 +44,7 @@ def regression_view(rows: list[dict[str, Any]], renderer: FigureRenderer) -> dic
     shown = reg[:MAX_FOREST_ROWS]
     figure = renderer.render(Plot("Change vs baseline", lambda fig: _forest(fig, shown), (7.0, 0.9 + 0.22 * len(shown)),
                                   "Change in the metric's good direction (+ = better) with its 95% CI; "
-                                  "red tick: the allowed drop."))
+                                  "red tick: the allowed drop."), view="regression")
     return {"rows": table, "figure": figure, "omitted": len(reg) - len(shown)}
 
 

@@ -155,7 +155,7 @@ def six_factor_view(rows: Sequence[dict[str, Any]], run: dict[str, Any], styles:
         plot = Plot(label, _factor_scatter(values, acc, models_meta, factor, metric, styles), (3.4, 2.7),
                     f"Coloured by {factor.replace('_', ' ')}, the factor that explains most of the spread; "
                     "lines: least-squares fit per level with at least 2 models.")
-        figure = renderer.render(plot)
+        figure = renderer.render(plot, view="factors")
         if figure:
             view["figures"].append(figure)
     columns = [("ID top1", acc)] + [(label, values) for label, _, values in series]
