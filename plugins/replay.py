@@ -28,6 +28,7 @@ import pytest
 
 from clip_robustness.fixtures.zoo import file_sha256
 from clip_robustness.plugins.report import arrays_digest, package_versions
+from clip_robustness.plugins.state import test_id
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
 # the harness's code, and the zoo's architecture configs: a random-init or ARCH@PATH model of a zoo
@@ -143,7 +144,7 @@ def item_key(item: Any, rb: Any, run_key: dict[str, Any], models: dict[str, str]
     if any(models.get(m) is None for m in used):
         return None
     # a list, in --model order: a cross-model test's reference is the run's first model
-    key = {"kind": "test-result", "test": item.nodeid, "code": code, "run": run_key,
+    key = {"kind": "test-result", "test": test_id(item.nodeid), "code": code, "run": run_key,
            "models": [[m, models[m]] for m in used]}
     if "lmm" in params:
         fingerprint = lmms.get(params["lmm"])
@@ -269,7 +270,7 @@ class ResultCache:
         from clip_robustness.plugins.stats import seed_for
 
         def call() -> None:
-            record = recorder_for(item, seed_for(self.rb.seed, item.nodeid), None, entry["models"].get)
+            record = recorder_for(item, seed_for(self.rb.seed, test_id(item.nodeid)), None, entry["models"].get)
             for stored in entry["calls"]:
                 record(stored["metric"], stored["value"], dataset=stored["dataset"], condition=stored["condition"],
                        ci=stored["ci"], n=stored["n"], samples=stored.get("arrays"), extra=stored["extra"],

@@ -28,6 +28,7 @@ import pytest
 
 from clip_robustness.fixtures._io import atomic_write, atomic_write_text
 from clip_robustness.plugins.config import RunConfig
+from clip_robustness.plugins.state import test_id
 
 ROW_KEY, MODEL_KEY, CACHE_KEY = "rb_row", "rb_model", "rb_cache"
 REPLAYED_KEY = "rb_replayed"  # on a test's call report: it was replayed (clip_robustness.plugins.replay)
@@ -159,13 +160,13 @@ def problem_of(item: Any, call: Any, report: Any) -> dict[str, Any] | None:
     kind = "load" if model else "fail" if report.when == "call" else "error"
     callspec = getattr(item, "callspec", None)
     model = model or (callspec.params.get("clip") if callspec is not None else None)
-    return {"test": item.nodeid, "model": model, "kind": kind, "message": message.strip()[:2000]}
+    return {"test": test_id(item.nodeid), "model": model, "kind": kind, "message": message.strip()[:2000]}
 
 
 def collection_problem(report: Any) -> dict[str, Any]:
     """A module that could not be collected: its tests never ran. The message is the error's last line."""
     lines = [line for line in report.longreprtext.splitlines() if line.strip()] or ["collection failed"]
-    return {"test": report.nodeid, "model": None, "kind": "error", "message": re.sub(r"^E\s+", "", lines[-1])}
+    return {"test": test_id(report.nodeid), "model": None, "kind": "error", "message": re.sub(r"^E\s+", "", lines[-1])}
 
 
 class ReportSession:

@@ -15,7 +15,7 @@ import pytest
 
 from clip_robustness.plugins.config import ConfigError, RunConfig, build_config
 from clip_robustness.plugins.properties import PROPERTIES, collected_properties
-from clip_robustness.plugins.state import CACHE_SNAPSHOT, RB_CONFIG, THREADS, process_cache
+from clip_robustness.plugins.state import CACHE_SNAPSHOT, RB_CONFIG, THREADS, process_cache, test_id
 
 
 # Wherever the plugin runs (this repository or a team's), a user's measurement never fails on a library's
@@ -91,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Each property is a marker (so `-m ood` and `-k ood` both select it) and a robustness_tests module.
     for prop in PROPERTIES.values():
         config.addinivalue_line("markers", f"{prop.name}: robustness property - {prop.description}")
+    config.addinivalue_line("markers", "rb_model_group(name): the model whose tests these are (the shards' key)")
     for line in WARNING_FILTERS:
         config.addinivalue_line("filterwarnings", line)
     try:
@@ -210,19 +211,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def model_group_marks(config: pytest.Config, group: str) -> list[pytest.MarkDecorator]:
+    """A test's model group (``rb_model_group``: the shards' key, ``--shard``) and, when the run has at least as
+    many models as xdist workers, the same ``xdist_group``: under ``--dist loadgroup`` each model then loads in
+    one worker only. With fewer models than workers the tests of a model spread over the workers instead (one
+    model, -n 2: both cores measure it), each loading what it needs."""
+    rb = config.stash[RB_CONFIG]
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
+    marks = [pytest.mark.rb_model_group(group)]
+    return marks + [pytest.mark.xdist_group(group)] if len(rb.models) >= workers else marks
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize every test that takes ``clip`` over the run's models, one xdist group per model."""
+    """Parametrize every test that takes ``clip`` over the run's models, one group per model."""
     if "clip" in metafunc.fixturenames:
         rb = metafunc.config.stash[RB_CONFIG]
-        params = [pytest.param(spec.id, id=spec.id, marks=pytest.mark.xdist_group(spec.id)) for spec in rb.models]
+        params = [pytest.param(spec.id, id=spec.id, marks=model_group_marks(metafunc.config, spec.id))
+                  for spec in rb.models]
         metafunc.parametrize("clip", params, indirect=True, scope="session")
     if "lmm" in metafunc.fixturenames:
         from clip_robustness.fixtures.lmm.adapter import run_lmms
 
         rb = metafunc.config.stash[RB_CONFIG]
         pairs = run_lmms(rb.lmms, [m.id for m in rb.models])
-        params = [pytest.param(spec.raw or spec.id, id=spec.id, marks=pytest.mark.xdist_group(tower or spec.id))
-                  for spec, tower in pairs]
+        params = [pytest.param(spec.raw or spec.id, id=spec.id,
+                               marks=model_group_marks(metafunc.config, tower or spec.id)) for spec, tower in pairs]
         metafunc.parametrize("lmm", params or [pytest.param(None, marks=pytest.mark.skip(
             reason="no LMM to measure: pass --lmm SPEC (the embedded LMM is built on embedded:rn-clip)"))],
             indirect=True, scope="session")
@@ -238,8 +251,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if shard is not None:
         from clip_robustness.plugins.merge import shard_positions
 
-        group = [item.get_closest_marker("xdist_group") for item in items]
-        keys = [(str(g.args[0] if g.args else g.kwargs.get("name", "")) if g else "", item.nodeid)
+        group = [item.get_closest_marker("rb_model_group") for item in items]
+        keys = [(str(g.args[0] if g.args else g.kwargs.get("name", "")) if g else "", test_id(item.nodeid))
                 for g, item in zip(group, items)]
         keep = shard_positions(keys, *shard)
         if len(keep) < len(items):

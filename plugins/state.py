@@ -20,6 +20,14 @@ MODELS = pytest.StashKey[dict]()  # model id -> LoadedModel, or the exception it
 LMMS = pytest.StashKey[dict]()  # --lmm spec -> loaded LMM, or the exception its load raised
 
 
+def test_id(nodeid: str) -> str:
+    """A test's node id without the ``@group`` suffix pytest-xdist's ``--dist loadgroup`` appends to a grouped
+    test's id (where xdist itself finds it: after the last ``@`` that follows the last ``]``). Seeds, report rows,
+    shard keys and the result cache key on this, so a grouped run measures with the seeds of a serial run."""
+    at = nodeid.rfind("@")
+    return nodeid[:at] if at > nodeid.rfind("]") and at > nodeid.rfind("::") else nodeid
+
+
 def process_cache(config: pytest.Config) -> Any:
     """One cache object per process (controller or xdist worker); counts hits and misses."""
     if PROCESS_CACHE not in config.stash:

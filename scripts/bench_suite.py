@@ -152,6 +152,13 @@ def pytest_collection_finish(session) -> None:
         install()
 
 
+def pytest_sessionstart(session) -> None:
+    """An xdist controller collects nothing but writes the report: time its HTML."""
+    config = session.config
+    if os.environ.get(PROBE_ENV) and getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
+        install({"html": BUCKETS["html"]})
+
+
 def pytest_runtest_protocol(item, nextitem) -> None:
     if _probe["first_test_at"] is None:
         _probe["first_test_at"] = time.time()
@@ -313,8 +320,9 @@ def print_tables(results: dict[str, dict], floors: dict[str, float], decode: dic
             worker = f" (+{t['worker_seconds']:.1f} in workers)" if t.get("worker_seconds", 0) >= 0.05 else ""
             cells.append(f"{t.get('seconds', 0):.1f}{worker}")
         other = r["wall"] - (r["startup"] or 0) - sum(r["buckets"].get(b, {}).get("seconds", 0) for b in buckets)
+        other = f"{other:.1f}" if r.get("processes", 1) == 1 else "n/a"  # summed over processes: not parts of wall
         print(f"| {label} | {r['wall']:.1f} | {_fmt(r['startup'])} | " + " | ".join(cells)
-              + f" | {other:.1f} | {r['cache'].get('hits', '?')} / {r['cache'].get('misses', '?')} | {r['exit']} |")
+              + f" | {other} | {r['cache'].get('hits', '?')} / {r['cache'].get('misses', '?')} | {r['exit']} |")
     ratios = []
     for suite in sorted({label.rsplit(" ", 1)[0] for label in results}):
         cold, warm = results.get(f"{suite} cold"), results.get(f"{suite} warm")

@@ -641,13 +641,13 @@ def test_the_drawing_helper_draws_the_same_figures_under_the_same_keys(tmp_path,
     into the cache under the keys this process computes: the render after it draws nothing and writes the
     bytes of a render without any cache. Its inputs folder is removed when it stops."""
     from clip_robustness.plugins.html import figures, helper
-    from clip_robustness.plugins.html.page import _Figures
+    from clip_robustness.plugins.html.page import PageFigures
 
     report_dir, cache = tmp_path / "rep", tmp_path / "cache"
     report_dir.mkdir()
     report = build_report(report_dir)
     plain = render_html(report, report_dir=report_dir)
-    views = _Figures.of(report, report_dir, None).views
+    views = PageFigures.of(report, report_dir, None).views
     assert views[0] == "regression" and views[-1] == "factors" and len(views) > 5
     monkeypatch.setattr(helper, "available_cores", lambda: 2)
     drawing = helper.DrawingHelper(report, report_dir, cache, views[::-1])

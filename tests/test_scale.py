@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -214,3 +215,81 @@ def test_merge_refuses_a_missing_shard(tmp_path, capsys):
     assert merge_main([str(tmp_path / "a" / "robustness.json"), str(tmp_path / "b" / "robustness.json"),
                        "--out", str(tmp_path / "out")]) == 2
     assert "shard 2/3 of the --shard I/3 run is missing" in capsys.readouterr().err
+
+
+MODEL_TESTS = '''
+import pytest
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize("k", range(3))
+def test_model(clip, record, k):
+    record("top1", 0.5, ci=(0.4, 0.6), n=10, dataset="synthetic", condition=f"k={k}", model=clip.id)
+'''
+
+
+def _workers_per_model(result: pytest.RunResult) -> dict[str, set[str]]:
+    """From ``-v`` xdist lines ``[gw0] [ 16%] PASSED test_m.py::test_model[MODEL-0]``: the workers of each model."""
+    out: dict[str, set[str]] = {}
+    for line in result.outlines:
+        found = re.match(r"\[(gw\d+)\].* PASSED \S+::test_model\[(.+)-\d\]", line)
+        if found:
+            out.setdefault(found[2], set()).add(found[1])
+    return out
+
+
+def test_loadgroup_spreads_the_tests_of_one_model_over_the_workers(pytester, run_harness):
+    """With fewer models than workers, a model's tests carry no xdist group: under --dist loadgroup one model's
+    tests spread (-n 2: both cores measure it) and give the rows of a serial run."""
+    pytester.makepyfile(test_m=MODEL_TESTS)
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "serial").assert_outcomes(passed=3)
+    one = run_harness("--model", RANDOM_MODEL, "-n", "2", "--dist", "loadgroup", "-v", "--report-dir", "grouped")
+    one.assert_outcomes(passed=3)
+    assert _workers_per_model(one) == {RANDOM_MODEL: {"gw0", "gw1"}}
+    rows = [json.loads((pytester.path / d / "robustness.json").read_text())["results"] for d in ("serial", "grouped")]
+    assert rows[0] == rows[1]
+
+
+GROUP_SUFFIX_CONFTEST = """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    # what pytest-xdist's --dist loadgroup does to a grouped test (pytest < 9.2, or an xdist with #1386 fixed)
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id
+            item._id = coerce_node_id(item.nodeid + "@" + mark.args[0])
+        elif mark is not None:
+            item._nodeid = item.nodeid + "@" + mark.args[0]
+"""
+
+
+def test_the_loadgroup_suffix_of_a_node_id_changes_no_seed_row_or_key(pytester, run_harness):
+    """pytest-xdist's --dist loadgroup appends ``@group`` to a grouped test's node id (on pytest 9.2 with xdist
+    3.8 it silently does not: pytest-dev/pytest-xdist#1386). Seeds, rows and the result cache use the id without
+    it, so a grouped run measures exactly what a serial run does, and replays it."""
+    from clip_robustness.plugins.state import test_id
+
+    assert test_id("t.py::test[m-1]@m") == "t.py::test[m-1]" and test_id("t.py::test[x@y]") == "t.py::test[x@y]"
+    assert test_id("t.py::C::test@g") == "t.py::C::test" and test_id("d@v/t.py::test") == "d@v/t.py::test"
+    from tests.test_plugin import RECORDING_TESTS
+
+    grouped_tests = RECORDING_TESTS.replace("(record, rb_seed, shift)", "(record, rb_seed, shift, clip)")
+    pytester.makepyfile(test_props=grouped_tests.replace("def test_plain(record)", "def test_plain(record, clip)"))
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "plain").assert_outcomes(passed=4)
+    pytester.makeconftest(GROUP_SUFFIX_CONFTEST)
+    suffixed = run_harness("--model", RANDOM_MODEL, "--report-dir", "suffixed", "-v")
+    suffixed.assert_outcomes(passed=4)
+    suffixed.stdout.fnmatch_lines([f"*test_separation[[]*]@{RANDOM_MODEL} PASSED*",
+                                   f"*test_plain[[]{RANDOM_MODEL}[]]@{RANDOM_MODEL} PASSED*"])  # the suffix is there
+    plain, grouped = (json.loads((pytester.path / d / "robustness.json").read_text())["results"]
+                      for d in ("plain", "suffixed"))
+    assert grouped == plain  # same seeds (same CIs), same test ids in the rows
+    from types import SimpleNamespace
+
+    from clip_robustness.plugins.replay import item_key
+
+    keys = [item_key(SimpleNamespace(nodeid=f"t.py::test[m]{suffix}", callspec=SimpleNamespace(params={"clip": "m"})),
+                     None, {}, {"m": "sha"}, {}, "code") for suffix in ("", "@m")]
+    assert keys[0] == keys[1] and keys[0]["test"] == "t.py::test[m]"  # a grouped run replays a serial run's results

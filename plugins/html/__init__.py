@@ -19,8 +19,8 @@ Modules, in reading order:
     regression.py  the comparison with a baseline run
     page.py        build_context, render_html, write_html: sections in registry order, summary, header,
                    the command that reproduces the run
-    helper.py      DrawingHelper: a second process drawing the page's figures from its last view backwards into
-                   the figure cache while the page's process draws from the first
+    helper.py      DrawingHelper: a second process (draw_ahead.py) drawing the page's figures from its last view
+                   backwards into the figure cache while the page's process draws from the first
 
 A new property's view is a function ``(ctx: SectionContext) -> list[Plot]`` in any module, named in its
 registry entry; a property without one (``view=""``) gets its table only.

@@ -7,7 +7,7 @@ draws the page from its first view, the helper from its last, and each reads fro
 already drew; where they meet, one waits for the other's lock on at most one figure. The page's bytes are the
 same with or without a helper (a figure's salt and key depend only on its own view).
 
-The helper is a subprocess running this module rather than a ``multiprocessing`` child: spawning re-imports the
+The helper is a subprocess running ``draw_ahead`` rather than a ``multiprocessing`` child: spawning re-imports the
 caller's main script, which a script calling ``pytest.main()`` without a ``__main__`` guard would run again. It
 reads its inputs from a pickle file, writes nothing but cache entries and prints nothing (whatever goes wrong
 there, this process draws that figure itself and the page says what went wrong). It is killed as soon as this
@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+ENTRY = "clip_robustness.plugins.html.draw_ahead"  # the helper process's module (it imports the page; this does not)
 START_AFTER = 3  # figures this process draws before it starts a helper: ~0.3 s, more than a small report needs
 
 
@@ -58,7 +59,7 @@ class DrawingHelper:
             with open(folder / "inputs.pickle", "wb") as f:
                 pickle.dump(self._inputs, f, protocol=pickle.HIGHEST_PROTOCOL)
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this process's imports
-            self._process = subprocess.Popen([sys.executable, "-m", __name__, str(folder)], stdin=subprocess.DEVNULL,
+            self._process = subprocess.Popen([sys.executable, "-m", ENTRY, str(folder)], stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         except (OSError, pickle.PicklingError, TypeError, AttributeError):  # this process draws every figure
             shutil.rmtree(folder, ignore_errors=True)
@@ -73,22 +74,3 @@ class DrawingHelper:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
-
-
-def main(folder: str) -> int:
-    import warnings
-
-    from clip_robustness.plugins.html.page import draw_views_into_cache
-
-    warnings.simplefilter("ignore")  # silent by design; a figure read from the cache shows no drawing warning either
-    with open(Path(folder) / "inputs.pickle", "rb") as f:
-        inputs = pickle.load(f)
-    draw_views_into_cache(inputs["report"], Path(inputs["report_dir"]), Path(inputs["cache_dir"]), inputs["views"])
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1]))
-    except Exception:  # noqa: BLE001 - silent by design: the page's own process draws whatever this one did not
-        sys.exit(1)

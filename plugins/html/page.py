@@ -283,7 +283,7 @@ def _section(ctx: SectionContext, renderer: FigureRenderer, anchor: str) -> dict
 
 
 @dataclass
-class _Figures:
+class PageFigures:
     """What every figure of a report is drawn from; the same in this process and in a drawing helper."""
 
     rows: list[dict[str, Any]]
@@ -294,7 +294,7 @@ class _Figures:
     views: list[str]  # in page order: "regression", the properties, "factors"
 
     @classmethod
-    def of(cls, report: dict[str, Any], report_dir: Path, cache_dir: Path | None) -> "_Figures":
+    def of(cls, report: dict[str, Any], report_dir: Path, cache_dir: Path | None) -> "PageFigures":
         run = report.get("run") or {}
         rows = list(report["results"])
         styles = ModelStyles(list(run.get("models") or {}) + sorted({r["model"] for r in rows}))
@@ -318,17 +318,6 @@ class _Figures:
         return _section(ctx, self.renderer, anchor)
 
 
-def draw_views_into_cache(report: dict[str, Any], report_dir: Path, cache_dir: Path, views: list[str]) -> None:
-    """Draw ``views`` of the page in this order into the figure cache (the drawing helper's work:
-    ``clip_robustness.plugins.html.helper``)."""
-    import matplotlib as mpl
-
-    figures = _Figures.of(report, Path(report_dir), Path(cache_dir))
-    with mpl.rc_context(PLOT_STYLE):
-        for view in views:
-            figures.draw(view)
-
-
 def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     """Everything the template needs, as plain strings, numbers and pre-rendered SVG; figures are cached
     in ``cache_dir`` (the run's embedding cache folder) when given. With a cache, the first figure this
@@ -339,7 +328,7 @@ def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | No
     from clip_robustness.plugins.html.helper import DrawingHelper
 
     validate_report(report)
-    figures = _Figures.of(report, Path(report_dir), cache_dir)
+    figures = PageFigures.of(report, Path(report_dir), cache_dir)
     run, rows, styles, store = figures.run, figures.rows, figures.styles, figures.store
     failed = failed_models(run)
     models = styles.sort([r["model"] for r in rows] + list(failed))  # a model that failed to load keeps its column
