@@ -234,6 +234,13 @@ def run_suite(label: str, models: list[str], args: argparse.Namespace, cache: Pa
 def forward_floor(spec: str, n: int, threads: int, device: str) -> float:
     """Seconds of a bare open_clip ``encode_image`` over ``n`` images (preloaded tensors at the model's input
     size, batches of FLOOR_BATCH) with ``threads`` torch threads; content does not change a forward's cost."""
+    start, end = _timed_forward(spec, n, threads, device)
+    return end - start
+
+
+def _timed_forward(spec: str, n: int, threads: int, device: str, barrier=None) -> tuple[float, float]:
+    """(start, end) wall times of ``forward_floor``'s loop, which starts after a warm-up and, with ``barrier``
+    (``parallel_forward_floor``), once every process is ready."""
     import torch
 
     from clip_robustness.fixtures.models import load_model, parse_model_spec
@@ -243,35 +250,16 @@ def forward_floor(spec: str, n: int, threads: int, device: str) -> float:
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     batch = torch.randn(FLOOR_BATCH, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
         model.encode_image(batch[:8])  # warm-up: first-call allocations are not the floor
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for done in range(0, n, FLOOR_BATCH):
-            model.encode_image(batch[:min(FLOOR_BATCH, n - done)], normalize=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def _floor_process(spec: str, n: int, threads: int, device: str, barrier) -> tuple[float, float]:
-    """One process of ``parallel_forward_floor``: (start, end) wall times of its forward after the barrier."""
-    import torch
-
-    from clip_robustness.fixtures.models import load_model, parse_model_spec
-
-    torch.set_num_threads(threads)
-    model = load_model(parse_model_spec(spec), device=device).model
-    size = model.visual.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    batch = torch.randn(FLOOR_BATCH, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.inference_mode():
-        model.encode_image(batch[:8])
-        barrier.wait()
+        synchronize()
+        if barrier is not None:
+            barrier.wait()
         start = time.time()
         for done in range(0, n, FLOOR_BATCH):
             model.encode_image(batch[:min(FLOOR_BATCH, n - done)], normalize=True)
+        synchronize()
     return start, time.time()
 
 
@@ -285,7 +273,7 @@ def parallel_forward_floor(spec: str, n: int, threads: int, device: str, process
     with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
         barrier = manager.Barrier(processes)
         shares = [n // processes + (i < n % processes) for i in range(processes)]
-        spans = list(pool.map(_floor_process, [spec] * processes, shares, [threads] * processes,
+        spans = list(pool.map(_timed_forward, [spec] * processes, shares, [threads] * processes,
                               [device] * processes, [barrier] * processes))
     return max(end for _, end in spans) - min(start for start, _ in spans)
 
