@@ -316,6 +316,7 @@ class ReportSession:
         for line in gates["failures"]:
             tr.write_line(f"FAILED: {line}", red=True, bold=True)
 
+    @pytest.hookimpl(tryfirst=True)  # before xdist shuts its workers down: their exits overlap the writing
     def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
         # Without start() no property test ran (e.g. only the harness's own tests): reports/ is left alone.
         # With it, even a run that measured nothing writes its report, replacing the previous run's.
