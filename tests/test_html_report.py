@@ -648,7 +648,7 @@ def test_the_drawing_helper_draws_the_same_figures_under_the_same_keys(tmp_path,
     report = build_report(report_dir)
     plain = render_html(report, report_dir=report_dir)
     views = PageFigures.of(report, report_dir, None).views
-    assert views[0] == "regression" and views[-1] == "factors" and len(views) > 5
+    assert views[0] == "@regression" and views[-1] == "@six-factor" and len(views) > 5
     monkeypatch.setattr(helper, "available_cores", lambda: 2)
     drawing = helper.DrawingHelper(report, report_dir, cache, views[::-1])
     drawing.before_drawing(helper.START_AFTER - 1)

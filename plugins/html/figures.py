@@ -28,6 +28,9 @@ from clip_robustness.plugins.html.rows import metric_limits, natural_key, num
 
 MAX_FIGURES = 12  # per property section; the table always lists every cell
 FIGURE_CACHE_VERSION = 2  # part of every cached figure's key: bump to drop all cached SVGs
+# The page's views beside the property sections, as FigureRenderer.render names them: names no property (a
+# pytest marker) can have.
+REGRESSION_VIEW, FACTORS_VIEW = "@regression", "@six-factor"
 UNPLOTTED_EXTRA = frozenset({"images_per_s"})  # row extras no figure draws (a throughput differs run to run)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")

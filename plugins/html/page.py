@@ -24,8 +24,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from clip_robustness.fixtures._io import atomic_write_text
 from clip_robustness.fixtures.conditions import parse_condition
 from clip_robustness.plugins.gates import describe_cell
-from clip_robustness.plugins.html.figures import (MAX_FIGURES, PLOT_STYLE, FigureRenderer, ModelStyles, PlotFunction,
-                                                  RenderedFigure, SampleStore, SectionContext, figure_inputs)
+from clip_robustness.plugins.html.figures import (FACTORS_VIEW, MAX_FIGURES, PLOT_STYLE, REGRESSION_VIEW, FigureRenderer,
+                                                  ModelStyles, PlotFunction, RenderedFigure, SampleStore, SectionContext,
+                                                  figure_inputs)
 from clip_robustness.plugins.html.regression import regression_view
 from clip_robustness.plugins.html.rows import (VERDICT_LABEL, VERDICT_RANK, VERDICTS, arrow, fmt, fmt_ci, fmt_count,
                                                headline_metric, higher_is_better, natural_key, ordered_properties,
@@ -291,7 +292,7 @@ class PageFigures:
     store: SampleStore
     styles: ModelStyles
     renderer: FigureRenderer
-    views: list[str]  # in page order: "regression", the properties, "factors"
+    views: list[str]  # in page order: REGRESSION_VIEW, the properties, FACTORS_VIEW
 
     @classmethod
     def of(cls, report: dict[str, Any], report_dir: Path, cache_dir: Path | None) -> "PageFigures":
@@ -305,13 +306,13 @@ class PageFigures:
 
             renderer = FigureRenderer(EmbeddingCache(Path(cache_dir)), figure_inputs(rows, run, store))
         props = ordered_properties(r["property"] for r in rows)
-        return cls(rows, run, store, styles, renderer, ["regression", *props, "factors"])
+        return cls(rows, run, store, styles, renderer, [REGRESSION_VIEW, *props, FACTORS_VIEW])
 
     def draw(self, view: str, anchor: str = "") -> Any:
         """One view of the page: the regression view, a property's section or the six-factor view."""
-        if view == "regression":
+        if view == REGRESSION_VIEW:
             return regression_view(self.rows, self.renderer)
-        if view == "factors":
+        if view == FACTORS_VIEW:
             return six_factor_view(self.rows, self.run, self.styles, self.renderer)
         ctx = SectionContext(view, [r for r in self.rows if r["property"] == view], self.rows, self.run, self.store,
                              self.styles)
@@ -340,9 +341,9 @@ def build_context(report: dict[str, Any], report_dir: Path, cache_dir: Path | No
     used: set[str] = set()
     try:
         with mpl.rc_context(PLOT_STYLE):
-            regression = figures.draw("regression")
+            regression = figures.draw(REGRESSION_VIEW)
             sections = [figures.draw(prop, _slug(prop, used)) for prop in props]
-            factors = figures.draw("factors")
+            factors = figures.draw(FACTORS_VIEW)
     finally:
         if helper is not None:
             helper.stop()

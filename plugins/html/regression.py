@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from clip_robustness.plugins.html.figures import FigureRenderer, Plot, cell_label
+from clip_robustness.plugins.html.figures import REGRESSION_VIEW, FigureRenderer, Plot, cell_label
 from clip_robustness.plugins.html.rows import NO_GATE, VERDICT_RANK, arrow, fmt, fmt_ci, higher_is_better, num
 
 MAX_FOREST_ROWS = 40  # regression comparisons drawn in the change-vs-baseline plot (all are in the table)
@@ -44,7 +44,7 @@ def regression_view(rows: list[dict[str, Any]], renderer: FigureRenderer) -> dic
     shown = reg[:MAX_FOREST_ROWS]
     figure = renderer.render(Plot("Change vs baseline", lambda fig: _forest(fig, shown), (7.0, 0.9 + 0.22 * len(shown)),
                                   "Change in the metric's good direction (+ = better) with its 95% CI; "
-                                  "red tick: the allowed drop."), view="regression")
+                                  "red tick: the allowed drop."), view=REGRESSION_VIEW)
     return {"rows": table, "figure": figure, "omitted": len(reg) - len(shown)}
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from clip_robustness.fixtures.conditions import join_condition, parse_condition
 from clip_robustness.fixtures.models import FACTOR_KEYS
-from clip_robustness.plugins.html.figures import LEVEL_PALETTE, MAX_FIGURES, FigureRenderer, ModelStyles, Plot
+from clip_robustness.plugins.html.figures import (FACTORS_VIEW, LEVEL_PALETTE, MAX_FIGURES, FigureRenderer,
+                                                  ModelStyles, Plot)
 from clip_robustness.plugins.html.rows import fmt, headline_metric, num, ordered_properties, primary_row
 
 # Condition keys that split one measured cell into sub-cells (averaged in the six-factor view).
@@ -155,7 +156,7 @@ def six_factor_view(rows: Sequence[dict[str, Any]], run: dict[str, Any], styles:
         plot = Plot(label, _factor_scatter(values, acc, models_meta, factor, metric, styles), (3.4, 2.7),
                     f"Coloured by {factor.replace('_', ' ')}, the factor that explains most of the spread; "
                     "lines: least-squares fit per level with at least 2 models.")
-        figure = renderer.render(plot, view="factors")
+        figure = renderer.render(plot, view=FACTORS_VIEW)
         if figure:
             view["figures"].append(figure)
     columns = [("ID top1", acc)] + [(label, values) for label, _, values in series]
