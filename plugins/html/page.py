@@ -24,9 +24,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from clip_robustness.fixtures._io import atomic_write_text
 from clip_robustness.fixtures.conditions import parse_condition
 from clip_robustness.plugins.gates import describe_cell
-from clip_robustness.plugins.html.figures import (FACTORS_VIEW, MAX_FIGURES, PLOT_STYLE, REGRESSION_VIEW, FigureRenderer,
-                                                  ModelStyles, PlotFunction, RenderedFigure, SampleStore, SectionContext,
-                                                  figure_inputs)
+from clip_robustness.plugins.html.figures import (FACTORS_VIEW, MAX_FIGURES, PLOT_STYLE, REGRESSION_VIEW,
+                                                  FigureRenderer, ModelStyles, PlotFunction, RenderedFigure,
+                                                  SampleStore, SectionContext, figure_inputs)
 from clip_robustness.plugins.html.regression import regression_view
 from clip_robustness.plugins.html.rows import (VERDICT_LABEL, VERDICT_RANK, VERDICTS, arrow, fmt, fmt_ci, fmt_count,
                                                headline_metric, higher_is_better, natural_key, ordered_properties,
