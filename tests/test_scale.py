@@ -293,3 +293,25 @@ def test_the_loadgroup_suffix_of_a_node_id_changes_no_seed_row_or_key(pytester, 
     keys = [item_key(SimpleNamespace(nodeid=f"t.py::test[m]{suffix}", callspec=SimpleNamespace(params={"clip": "m"})),
                      None, {}, {"m": "sha"}, {}, "code") for suffix in ("", "@m")]
     assert keys[0] == keys[1] and keys[0]["test"] == "t.py::test[m]"  # a grouped run replays a serial run's results
+
+
+def test_numpy_blas_gets_the_runs_thread_count():
+    """numpy's BLAS reads OMP_NUM_THREADS once, at import: without it in the environment the logits' matrix
+    products ran on every core and moved their last bits against a run with it set to the same count."""
+    from types import SimpleNamespace
+
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from clip_robustness.fixtures.pytest_fixtures import _THREADS_SET, share_cpu_threads
+    from clip_robustness.plugins.state import THREADS
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before_torch = torch.get_num_threads()
+    with threadpool_limits(limits=2, user_api="blas"):  # as numpy starts on 2 cores without OMP_NUM_THREADS
+        config = SimpleNamespace(stash={THREADS: (1, "--threads")})
+        share_cpu_threads(config)
+        assert blas_threads() == {1} and torch.get_num_threads() == 1 and config.stash[_THREADS_SET]
+    torch.set_num_threads(before_torch)
