@@ -252,8 +252,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         from clip_robustness.plugins.merge import shard_positions
 
         group = [item.get_closest_marker("rb_model_group") for item in items]
-        keys = [(str(g.args[0] if g.args else g.kwargs.get("name", "")) if g else "", test_id(item.nodeid))
-                for g, item in zip(group, items)]
+        keys = [(str(g.args[0]) if g else "", test_id(item.nodeid)) for g, item in zip(group, items)]
         keep = shard_positions(keys, *shard)
         if len(keep) < len(items):
             config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i not in keep])

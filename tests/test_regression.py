@@ -375,3 +375,24 @@ def test_outcome_rows_of_other_items_are_not_paired():
     other = compare(_cls_row(logits, labels), {"logits": logits, "labels": labels}, {**_cls_row(logits, labels),
                     "model": "b"}, {"logits": logits, "labels": np.roll(labels, 1)}, seed=0)
     assert other["method"] == "unpaired (the labels differ, so the items do)"
+
+
+def test_expanded_confidence_matches_hesterbergs_formula_by_hand():
+    """The expanded percentile level, z = sqrt(n / (n - 1)) * t(n - 1) turned back into a two-sided level,
+    against t quantiles from a printed table (not scipy) and the normal CDF from math.erf; the module's doctests
+    run too."""
+    import doctest
+    import math
+
+    from clip_robustness.plugins import regression
+    from clip_robustness.plugins.regression import expanded_confidence
+
+    t_975 = {5: 2.570582, 15: 2.131450, 99: 1.984217}  # Student t, 0.975 quantile, by degrees of freedom
+    for df, t in t_975.items():
+        n = df + 1
+        z = math.sqrt(n / (n - 1)) * t
+        assert expanded_confidence(n) == pytest.approx(math.erf(z / math.sqrt(2)), abs=2e-6)
+    assert expanded_confidence(1) == 0.95 and expanded_confidence(10**6) == pytest.approx(0.95, abs=1e-5)
+    assert expanded_confidence(6) > expanded_confidence(16) > expanded_confidence(100) > 0.95  # wider with fewer items
+    result = doctest.testmod(regression, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 2
