@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                              "processes")
     parser.add_argument("--work", type=Path, default=None, help="folder for the caches and reports (default: temp)")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers {args.workers}: give 0 (a serial run) or more workers")
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_suite_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -87,3 +87,9 @@ def test_probes_of_xdist_workers_are_merged(bench: types.ModuleType, tmp_path: P
     assert merged["buckets"]["forward"] == {"seconds": 16.0, "worker_seconds": 1.5, "calls": 6}
     assert merged["first_test_at"] == 11.5 and merged["processes"] == 3 and merged["overhead_s"] == 0.75
     assert merged["images"] == {"m": {"forwarded": 5, "unique": 3}}
+
+
+def test_a_negative_worker_count_is_one_sentence(bench: types.ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--workers", "-1", "--no-decode"])
+    assert stop.value.code == 2 and "--workers -1: give 0 (a serial run) or more workers" in capsys.readouterr().err
