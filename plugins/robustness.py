@@ -15,7 +15,7 @@ import pytest
 
 from clip_robustness.plugins.config import ConfigError, RunConfig, build_config
 from clip_robustness.plugins.properties import PROPERTIES, collected_properties
-from clip_robustness.plugins.state import CACHE_SNAPSHOT, RB_CONFIG, THREADS, process_cache, test_id
+from clip_robustness.plugins.state import CACHE_SNAPSHOT, RB_CONFIG, THREADS, available_cores, process_cache, test_id
 
 
 # Wherever the plugin runs (this repository or a team's), a user's measurement never fails on a library's
@@ -152,9 +152,9 @@ def run_threads(config: pytest.Config, rb: RunConfig) -> tuple[int, str]:
         return tuple(handed)
     from clip_robustness.plugins.config import choose_threads
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return choose_threads(rb.threads, workers=xdist_workers(config), cores=cores, load=load, env=dict(os.environ))
+    return choose_threads(rb.threads, workers=xdist_workers(config), cores=available_cores(), load=load,
+                          env=dict(os.environ))
 
 
 def xdist_workers(config: pytest.Config) -> int:

@@ -6,6 +6,7 @@ lets none of them import another for a key (no import cycle; tests/test_architec
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -18,6 +19,12 @@ CACHE_SNAPSHOT = pytest.StashKey[tuple]()  # per item: (hits, misses) of the pro
 PROCESS_CACHE = pytest.StashKey[Any]()  # clip_robustness.fixtures.cache.EmbeddingCache, see process_cache
 MODELS = pytest.StashKey[dict]()  # model id -> LoadedModel, or the exception its load raised
 LMMS = pytest.StashKey[dict]()  # --lmm spec -> loaded LMM, or the exception its load raised
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under taskset or a CI container's cpuset;
+    os.cpu_count() counts the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def test_id(nodeid: str) -> str:

@@ -27,12 +27,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from clip_robustness.plugins.state import available_cores
+
 ENTRY = "clip_robustness.plugins.html.draw_ahead"  # the helper process's module (it imports the page; this does not)
 START_AFTER = 3  # figures this process draws before it starts a helper: ~0.3 s, more than a small report needs
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class DrawingHelper:
