@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from clip_robustness.fixtures.datasets import MIN_V2_INDEX_FOLDERS, DatasetError, image_folder, imagenet_folder, world_dataset
-from clip_robustness.fixtures.real_data import calibration_split, classification_dataset, ood_dataset
+from clip_robustness.fixtures.real_data import (calibration_split, check_data_layout, classes_present, classification_dataset,
+                                               ood_dataset, subset_wnids)
 
 
 def _img(path, value):
@@ -58,11 +59,20 @@ def test_numbered_class_folders_are_imagenet_v2_only(tmp_path):
     assert custom.classnames == tuple(str(i) for i in range(10)) and custom.labels.tolist() == list(range(10))
 
 
-def test_subset_sets_are_scored_over_their_own_classes(tmp_path):
-    _img(tmp_path / "r" / "n01443537" / "a.png", 1)  # goldfish (class 1)
-    _img(tmp_path / "r" / "n01484850" / "b.png", 2)  # great white shark (class 2)
+def test_subset_sets_are_scored_over_their_published_200_classes(tmp_path):
+    """A partial ImageNet-R copy keeps R's 200-class label space (hendrycks/imagenet-r's imagenet_r_wnids), so
+    two classes present are not a 2-way problem; a class folder outside R's 200 is refused at start-up."""
+    _img(tmp_path / "r" / "n01443537" / "a.png", 1)  # goldfish: R's first class
+    _img(tmp_path / "r" / "n01484850" / "b.png", 2)  # great white shark: R's second
+    _img(tmp_path / "r" / "n01833805" / "c.png", 3)  # hummingbird: R's 22nd (ImageNet 94)
     ds = classification_dataset("imagenet-r", tmp_path / "r")
-    assert len(ds.classnames) == 2 and ds.labels.tolist() == [0, 1]
+    assert len(ds.classnames) == 200 and ds.labels.tolist() == [0, 1, 21]
+    assert ds.classnames[21] == "hummingbird" and classes_present(ds) == {"classes_present": 3, "classes": 200}
+    check_data_layout("imagenet-r", tmp_path / "r")
+    assert len(classification_dataset("imagenet-a", tmp_path / "r").classnames) == 200
+    _img(tmp_path / "r" / "n01440764" / "d.png", 4)  # tench: an ImageNet class, not one of R's
+    with pytest.raises(DatasetError, match=r"folders \['n01440764'\] are ImageNet classes outside imagenet-r's 200"):
+        check_data_layout("imagenet-r", tmp_path / "r")
 
 
 def test_missing_and_empty_folders_explain_the_fix(tmp_path):
@@ -90,6 +100,74 @@ def test_ood_folders_flat_or_nested(tmp_path):
     for sub in ("flat", "nested"):
         ds = ood_dataset(f"ood:{sub}", tmp_path / sub)
         assert (ds.labels == -1).all() and len(ds) == 1
+
+
+def test_ood_folders_read_every_image_at_any_depth(tmp_path):
+    """MCM's iNaturalist/images/, Places' class folders, loose files beside sub-folders: all read; hidden and
+    archive folders are not (a .ipynb_checkpoints folder does not turn a flat folder into class folders)."""
+    root = tmp_path / "Places"
+    for rel in ("b_0.jpg", "b_1.JPG", "thumbs/t.jpg", "thumbs/deep/u.png", "z/v.jpeg"):
+        _img(root / rel, 1)
+    for rel in (".ipynb_checkpoints/x.jpg", "__MACOSX/thumbs/._t.jpg", "thumbs/._t.jpg"):
+        _img(root / rel, 2)
+    (root / "README.txt").write_text("not an image")
+    ds = ood_dataset("ood:places", root)
+    assert [m["file"] for m in ds.meta] == ["b_0.jpg", "b_1.JPG", "thumbs/t.jpg", "thumbs/deep/u.png", "z/v.jpeg"]
+    assert (ds.labels == -1).all()
+    assert [m["file"] for m in ds.spread_head(3).meta] == ["b_0.jpg", "thumbs/t.jpg", "thumbs/deep/u.png"]  # one per folder
+
+
+def test_image_files_in_any_case_and_nested_in_class_folders_are_read(tmp_path):
+    """torchvision's ImageFolder: extensions in any case (IMG_EXTENSIONS), images at any depth of a class folder."""
+    for k, name in enumerate(("a.Jpg", "b.JPG", "c.jpeg", "d.Jpeg", "e.tif", "f.BMP", "g.WEBP", "sub/h.JPEG")):
+        _img(tmp_path / "n01440764" / name, k)
+    (tmp_path / "n01440764" / "README").write_text("x")
+    (tmp_path / "n01440764" / "notes.txt").write_text("x")
+    ds = imagenet_folder("imagenet", tmp_path)
+    assert len(ds) == 8 and ds.labels.tolist() == [0] * 8
+    assert [int(im[0, 0, 0]) for im in ds.images(range(8))] == list(range(8))
+
+
+def test_symlinked_folders_are_read_and_a_broken_link_is_one_sentence(tmp_path):
+    _img(tmp_path / "elsewhere" / "n01484850" / "a.JPEG", 1)
+    _img(tmp_path / "val" / "n01440764" / "b.JPEG", 2)
+    (tmp_path / "val" / "n01484850").symlink_to(tmp_path / "elsewhere" / "n01484850")  # a symlink farm
+    (tmp_path / "val" / "n01440764" / "loop").symlink_to(tmp_path / "val" / "n01440764")  # a loop: read once
+    ds = imagenet_folder("imagenet", tmp_path / "val")
+    assert ds.labels.tolist() == [0, 2] and [m["file"] for m in ds.meta] == ["n01440764/b.JPEG", "n01484850/a.JPEG"]
+    (tmp_path / "val" / "n01440764" / "gone.JPEG").symlink_to(tmp_path / "nothing.JPEG")
+    with pytest.raises(DatasetError, match=r"--data imagenet: .*gone.JPEG is a broken link \(its target .*nothing.JPEG "
+                                           r"does not exist\); restore the target or remove the link"):
+        imagenet_folder("imagenet", tmp_path / "val")
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_shown_escaped(tmp_path):
+    """Zips made on Windows hold Latin-1 names: Python gives them surrogate escapes, which UTF-8 refuses."""
+    import os
+
+    folder = tmp_path / "n01440764"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.JPEG")
+    try:
+        with open(raw, "wb") as handle:
+            Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(handle, format="JPEG")
+    except OSError as err:
+        pytest.skip(f"this file system refuses non-UTF-8 names ({err})")
+    ds = imagenet_folder("imagenet", tmp_path)
+    assert ds.meta[0]["file"] == "n01440764/caf\\xe9.JPEG" and ds.item_ids[0].startswith("n01440764/caf\\xe9.JPEG:")
+    json.dumps({"ids": list(ds.item_ids), "meta": ds.meta}, ensure_ascii=False).encode()  # reports and cache keys
+    assert ds.images([0])[0].shape == (8, 8, 3)
+    (folder / os.fsdecode(b"caf\xe9.JPEG")).write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=r"could not read image .*caf\\xe9.JPEG") as err:
+        ds.images([0])
+    str(err.value).encode()  # the sentence prints
+
+
+def test_archive_folders_are_not_classes(tmp_path):
+    _img(tmp_path / "sketch" / "n01440764" / "a.JPEG", 1)
+    _img(tmp_path / "sketch" / "__MACOSX" / "n01440764" / "._a.JPEG", 1)
+    check_data_layout("imagenet-sketch", tmp_path / "sketch")
+    assert len(classification_dataset("imagenet-sketch", tmp_path / "sketch")) == 1
 
 
 def test_calibration_split_is_disjoint_and_stable(tmp_path):
@@ -155,18 +233,20 @@ def test_classes_with_the_same_name_are_labelled_by_wnid(tmp_path, monkeypatch):
     assert classification_dataset("imagenet-v2", tmp_path / "v2").labels.tolist() == want
     (cell,) = corruption_folder_cells("imagenet-c", tmp_path / "c", ("fog",), None)
     assert cell.dataset.labels.tolist() == want
-    # -R/-A protocol (cut to the present classes) and calibration halves restricted to them: by wnid
-    sub = classification_dataset("imagenet-r", tmp_path / "val")
-    assert sub.class_keys == tuple(SAME_NAME_WNIDS)
+    # a label space cut to some classes (-R/-A, calibration halves restricted to them): by wnid
+    sub = val.restricted_to(tuple(SAME_NAME_WNIDS))
     assert sub.classnames == ("missile", "missile", "sunglasses", "sunglasses")
     assert sub.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert val.restricted_to(sub.class_keys).labels.tolist() == sub.labels.tolist()
+    (missile,) = [w for w in SAME_NAME_WNIDS if w in subset_wnids("imagenet-r")]  # R holds one of the two missiles
+    r = classification_dataset("imagenet-r", tmp_path / "val")
+    assert r.labels.tolist() == [subset_wnids("imagenet-r").index(missile)] * 2 and missile == "n03773504"
     # ImageNet-X checks each image's folder class against its annotated class: they agree
     rows = [{"file_name": m["file"].split("/")[1], "class": int(label), **dict.fromkeys(imagenet_x.FACTORS, 0)}
             for m, label in zip(val.meta, val.labels)]
     for row in rows:
         row["pose"] = 1
     (tmp_path / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "prototypical_paths.csv").write_text("file_name\n")  # read beside the annotations, as the toolkit does
     idx, _ = imagenet_x.align(val, imagenet_x.load_annotations(tmp_path / "ann.jsonl"))
     assert len(idx) == 8
 
@@ -258,6 +338,7 @@ def test_multi_factor_annotations_are_labelled_multi(tmp_path):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
 
+    (tmp_path / "prototypical_paths.csv").write_text("file_name\n")  # read beside the annotations, as the toolkit does
     assert imagenet_x.load_annotations(write(tmp_path / "ann.jsonl", [1, 2, 3])).which == "multi"
     assert imagenet_x.load_annotations(write(tmp_path / "imagenet_x_val_multi_factor.jsonl", [1, 1])).which == "multi"
     assert imagenet_x.load_annotations(write(tmp_path / "top.jsonl", [1, 1, 0])).which == "top"

@@ -23,11 +23,13 @@ def test_splits_share_the_union_of_class_folders(tmp_path):
     _img(tmp_path / "questions" / "ignored" / "q.png", 0)  # not a split
     splits = imagenet_d_splits(tmp_path)
     assert list(splits) == ["imagenet-d:background", "imagenet-d:texture"]  # material absent: skipped
-    classes = ("backpack", "coffee or french press", "laptop (open)", "t shirt")
     bg, tx = splits["imagenet-d:background"], splits["imagenet-d:texture"]
-    assert bg.classnames == tx.classnames == classes  # one label space, sorted by folder
-    assert bg.labels.tolist() == [0, 1]
-    assert tx.labels.tolist() == [0, 2, 3]
+    # one label space, the reference's 113 classes (imgnet_d_dir2imgnet_d_id.txt ids), whatever the copy holds
+    assert bg.classnames == tx.classnames and len(bg.classnames) == 113
+    assert [bg.classnames[i] for i in (1, 19, 40, 89)] == ["backpack", "coffee or french press", "laptop (open)",
+                                                          "t shirt"]
+    assert bg.labels.tolist() == [1, 19]
+    assert tx.labels.tolist() == [1, 40, 89]
     assert bg.name == "imagenet-d:background" and tx.images([2])[0][0, 0, 0] == 40
     assert len(set(bg.item_ids)) == 2
 
@@ -37,6 +39,13 @@ def test_class_names_are_cleaned_as_in_the_reference():
     assert clean_classname("mixing/salad_bowl") == "mixing or salad bowl"
     assert clean_classname("T-shirt") == "t shirt"
     assert clean_classname("binder_(closed)") == "binder (closed)"
+
+
+def test_a_folder_outside_the_113_classes_is_refused(tmp_path):
+    _img(tmp_path / "texture" / "backpack" / "1.jpg", 1)
+    _img(tmp_path / "texture" / "spaceship" / "2.jpg", 2)
+    with pytest.raises(DatasetError, match=r"class folders \['spaceship'\] are not among ImageNet-D's 113 classes"):
+        imagenet_d_splits(tmp_path)
 
 
 def test_errors_say_what_is_wrong_and_how_to_fix_it(tmp_path):

@@ -434,16 +434,17 @@ def test_unusable_tower_spec_fails_with_one_sentence(run_harness, tmp_path):
     result.stdout.no_fnmatch_line("*During handling of the above exception*")
 
 
-def test_lmm_on_a_real_imagenet_d_folder_with_syntax_characters_in_class_names(run_harness, tmp_path):
+def test_lmm_on_a_real_imagenet_d_folder_with_the_reference_class_names(run_harness, tmp_path):
     """Real images arrive as writable arrays (a read-only one makes torch warn, which fails a run with
-    warnings as errors), and class folders named with '=' or ';' are escaped in the conditions."""
+    warnings as errors), and ImageNet-D's class names with parentheses and the reference's '/' pass through the
+    conditions (tests/test_conditions.py escapes '=' and ';')."""
     from PIL import Image
 
     from clip_robustness.fixtures.conditions import parse_condition
 
     root = tmp_path / "ImageNet-D"
     rng = np.random.default_rng(0)
-    for k, folder in enumerate(["cube", "cup=mug", "prism;hex"]):
+    for k, folder in enumerate(["backpack", "coffee_or_french_press", "laptop_open"]):
         for i in range(2):
             path = root / "background" / folder / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -456,7 +457,7 @@ def test_lmm_on_a_real_imagenet_d_folder_with_syntax_characters_in_class_names(r
     result.assert_outcomes(passed=1, deselected=5)
     rows = json.loads((report / "robustness.json").read_text())["results"]
     classes = {parse_condition(r["condition"]).get("class") for r in rows} - {None}
-    assert classes == {"cube", "cup=mug", "prism;hex"}
+    assert classes == {"backpack", "coffee or french press", "laptop (open)"}
     assert {r["dataset"] for r in rows} == {"imagenet-d:background"}
 
 

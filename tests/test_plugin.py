@@ -300,17 +300,17 @@ def test_calibration_of_a_subset_whose_classes_the_id_half_lacks(pytester, run_h
                     pytester.path / root / wnid / f"{i}.png")
         return pytester.path / root
 
-    tench, goldfish, shark = "n01440764", "n01443537", "n01484850"
+    tench, goldfish, shark, robin = "n01440764", "n01443537", "n01484850", "n01558993"  # R: goldfish, shark; A: robin
     val = folder("val", {tench: 8, goldfish: 8})
-    subset_r = folder("r", {tench: 2, shark: 2})  # shares tench with val
-    subset_a = folder("a", {shark: 3})  # shares no class with val
+    subset_r = folder("r", {goldfish: 2, shark: 2})  # shares goldfish with val
+    subset_a = folder("a", {robin: 3})  # none of A's 200 classes is in val
     suite = Path(__file__).parents[1] / "robustness_tests"
     pytester.makepyfile(test_calibration=(suite / "test_calibration.py").read_text())
     result = run_harness("--model", RANDOM_MODEL, "--templates", "single", "-k", "real", f"--data=imagenet={val}",
                          f"--data=imagenet-r={subset_r}", f"--data=imagenet-a={subset_a}")
     result.assert_outcomes(passed=2, failed=1, deselected=5)
     result.stdout.fnmatch_lines([
-        "*calibration on imagenet-a: the calibration half of --data imagenet holds no image of its 1 class(es), so no "
+        "*calibration on imagenet-a: the calibration half of --data imagenet holds no image of its 200 class(es), so no "
         "temperature can be fitted for its head; give --data imagenet a folder that holds those classes*"])
     assert "Traceback" not in result.stdout.str() and "concatenate" not in result.stdout.str()
     _, rows = _rows(pytester)

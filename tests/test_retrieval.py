@@ -141,5 +141,8 @@ def test_karpathy_loader_flickr_layout_and_errors(tmp_path):
         karpathy_caption_set("flickr30k", tmp_path)
     with pytest.raises(DatasetError, match="no Karpathy split file"):
         karpathy_caption_set("coco", tmp_path / "flickr30k-images")
+    with pytest.raises(DatasetError, match=r"no Karpathy split file \(dataset_coco.json\) in the folder; it holds "
+                                           r"dataset_flickr30k.json, flickr30k's split file: pass it as --data flickr30k="):
+        karpathy_caption_set("coco", tmp_path)  # another set's split file is never read in its place
     with pytest.raises(DatasetError, match="does not exist"):
         karpathy_caption_set("coco", tmp_path / "missing")
