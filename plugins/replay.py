@@ -18,6 +18,7 @@ Entries live in the embedding cache folder with the same integrity check; ``--em
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,18 +58,51 @@ def file_fingerprint(path: Path, cache: Any = None) -> str:
 
 
 def tree_fingerprint(path: Path, cache: Any = None) -> str:
-    """A file's content digest, or a folder's listing digest (relative path, size, mtime of every file)."""
+    """A file's content digest, or a folder's listing digest (relative path, size, mtime of every file).
+
+    The walk follows symlinked folders, as the dataset loaders do (an ImageNet symlink farm's class folders
+    are links), and skips a folder whose real path it has already walked (a link to an ancestor would loop).
+    It never raises: a broken link or an unreadable entry is digested as such, so repairing it changes the
+    digest, and the loader reports it. Names are digested as bytes: a name that is not UTF-8 (a zip made on
+    Windows) is valid. A folder without links or bad entries digests as it always did (stored results stay valid).
+    """
     path = Path(path).resolve()
     if path.is_file():
         return file_fingerprint(path, cache)
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(path):
+
+    def entry(full: str, what: bytes) -> None:
+        digest.update(os.fsencode(os.path.relpath(full, path)) + b"\0" + what + b"\n")
+
+    def unlistable(error: OSError) -> None:  # os.walk's report of a folder it cannot list
+        entry(error.filename, b"unreadable folder\0" + _error_name(error))
+
+    walked = {str(path)}
+    for dirpath, dirnames, filenames in os.walk(path, onerror=unlistable, followlinks=True):
         dirnames.sort()
+        for name in list(dirnames):
+            full = os.path.join(dirpath, name)
+            real = os.path.realpath(full)
+            if real in walked:  # a loop, or a second link to one folder: its files are in the digest once
+                dirnames.remove(name)
+                entry(full, b"folder walked as\0" + os.fsencode(os.path.relpath(real, path)))
+            walked.add(real)
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            stat = os.stat(full)
-            digest.update(f"{os.path.relpath(full, path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            try:
+                stat = os.stat(full)
+            except OSError as error:  # a broken link (or a link loop), an entry that cannot be read
+                if os.path.islink(full):  # its target too: pointing it elsewhere changes the digest
+                    entry(full, b"broken link\0" + os.fsencode(os.readlink(full)))
+                else:
+                    entry(full, b"unreadable\0" + _error_name(error))
+                continue
+            entry(full, f"{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+def _error_name(error: OSError) -> bytes:
+    return errno.errorcode.get(error.errno or 0, "error").encode()
 
 
 def code_fingerprint(extra_files: list[Path]) -> str:
@@ -77,10 +111,19 @@ def code_fingerprint(extra_files: list[Path]) -> str:
     files = sorted({p for pattern in CODE_GLOBS for p in PACKAGE_ROOT.glob(pattern)})
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(os.fsencode(path.relative_to(PACKAGE_ROOT).as_posix()) + b"\0" + _contents(path) + b"\0")
     for path in sorted(set(map(Path, extra_files))):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(os.fsencode(path.name) + b"\0" + _contents(path) + b"\0")
     return digest.hexdigest()
+
+
+def _contents(path: Path) -> bytes:
+    """A file's bytes; a marker for one that cannot be read (Emacs's lock link ``.#replay.py`` matches ``*.py``
+    and points nowhere) rather than an exception that would end the session."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        return b"unreadable\0" + _error_name(error)
 
 
 def model_fingerprint(spec: Any, cache: Any = None) -> str:

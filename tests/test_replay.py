@@ -9,9 +9,12 @@ declares the suite when ``REPLAY_PROBE_SUITE`` names it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -333,3 +336,91 @@ def test_the_key_of_a_cross_model_test_follows_the_model_order():
     ba = item_key(item, None, {}, {"b": "fb", "a": "fa"}, {}, "code")
     assert cache_key(ab) != cache_key(ba)
     assert cache_key(ab) == cache_key(item_key(item, None, {}, {"a": "fa", "b": "fb"}, {}, "code"))
+
+
+def test_a_data_folder_digest_is_its_listing_as_it_always_was(tmp_path):
+    """A folder without links: the digest is sha256 over ``relative path NUL size NUL mtime_ns LF`` per file,
+    sorted, as before links were followed, so results stored by earlier runs still replay."""
+    from clip_robustness.plugins.replay import tree_fingerprint
+
+    (tmp_path / "n01").mkdir()
+    (tmp_path / "a.JPEG").write_bytes(b"abc")
+    (tmp_path / "n01" / "b.JPEG").write_bytes(b"hello")
+    os.utime(tmp_path / "a.JPEG", ns=(1, 1_700_000_000_123_456_789))
+    os.utime(tmp_path / "n01" / "b.JPEG", ns=(1, 1_600_000_000_000_000_001))
+    expected = hashlib.sha256(b"a.JPEG\x003\x001700000000123456789\n"
+                              b"n01/b.JPEG\x005\x001600000000000000001\n").hexdigest()
+    assert tree_fingerprint(tmp_path) == expected
+
+
+def test_a_data_folder_is_read_through_symlinked_class_folders(tmp_path):
+    """An ImageNet copy as a symlink farm (each class folder a link elsewhere), as the loaders read it: an image
+    added inside a linked class folder changes the digest, so the old result is not replayed."""
+    from clip_robustness.plugins.replay import tree_fingerprint
+
+    root, elsewhere = tmp_path / "imagenet", tmp_path / "elsewhere" / "n01484850"
+    root.mkdir()
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "1.JPEG").write_bytes(b"one")
+    os.symlink(elsewhere, root / "n01484850")
+    before = tree_fingerprint(root)
+    (elsewhere / "2.JPEG").write_bytes(b"two")
+    assert tree_fingerprint(root) != before
+
+
+def test_a_symlink_loop_in_a_data_folder_ends(tmp_path):
+    """Class folders linking back to the data folder (``up -> ..``): the walk ends (in a subprocess, so a walk
+    that followed them unguarded, 2**40 paths, fails on its timeout), and the links are in the digest (a loader
+    following them reads more images)."""
+    from clip_robustness.plugins.replay import tree_fingerprint
+
+    root = tmp_path / "imagenet"
+    for name in ("n01", "n02"):
+        (root / name).mkdir(parents=True)
+        (root / name / "a.JPEG").write_bytes(b"a")
+    before = tree_fingerprint(root)
+    for name in ("n01", "n02"):
+        os.symlink("..", root / name / "up")
+    code = f"from clip_robustness.plugins.replay import tree_fingerprint; print(tree_fingerprint({str(root)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == tree_fingerprint(root) != before
+
+
+def test_a_broken_link_in_a_data_folder_is_digested_not_raised(tmp_path):
+    """A broken link (left for the dataset loader to report) gives a digest, which changes once it is repaired."""
+    from clip_robustness.plugins.replay import tree_fingerprint
+
+    (tmp_path / "n01491361").mkdir()
+    link, target = tmp_path / "n01491361" / "broken.JPEG", tmp_path / "restored.JPEG"
+    os.symlink(target, link)
+    broken = tree_fingerprint(tmp_path)
+    target.write_bytes(b"image")
+    assert tree_fingerprint(tmp_path) != broken
+
+
+def test_a_file_name_that_is_not_utf8_is_digested(tmp_path):
+    """A name that is not UTF-8 (``caf\\xe9.JPEG``, from a zip made on Windows) is digested by its bytes, in a
+    data folder and in an ARCH@PATH model folder."""
+    from clip_robustness.fixtures.model_specs import parse_model_spec
+    from clip_robustness.plugins.replay import model_fingerprint, tree_fingerprint
+
+    empty = tree_fingerprint(tmp_path)
+    try:
+        with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.JPEG"), "wb") as handle:
+            handle.write(b"image")
+    except OSError as error:
+        pytest.skip(f"this filesystem refuses a file name that is not UTF-8 ({error})")
+    assert tree_fingerprint(tmp_path) != empty
+    assert model_fingerprint(parse_model_spec(f"world-rn-tiny@{tmp_path}")) == tree_fingerprint(tmp_path)
+
+
+def test_the_code_digest_reads_past_an_editors_lock_link(tmp_path, monkeypatch):
+    """Emacs's lock file beside a file being edited (``plugins/.#a.py -> user@host.123``) matches ``*.py`` and
+    points nowhere: the code digest is still computed."""
+    from clip_robustness.plugins import replay
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "a.py").write_text("A = 1\n")
+    os.symlink("user@host.123:1700000000", tmp_path / "plugins" / ".#a.py")
+    monkeypatch.setattr(replay, "PACKAGE_ROOT", tmp_path)
+    assert replay.code_fingerprint([]) != replay.code_fingerprint([tmp_path / "plugins" / "a.py"])
