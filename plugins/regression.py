@@ -12,6 +12,7 @@ hundreds of cells at 5% each would flag noise somewhere in every run.
 from __future__ import annotations
 
 import math
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -129,11 +130,15 @@ def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
     item axis only. A statistic with a batched form (AUROC, FPR@TPR, AUPR) is evaluated on all
     resamples at once, from the same indices. Returns ``(delta, (lo, hi), one-sided p-value for a drop)``.
     """
-    from clip_robustness.plugins.stats import MAX_BATCH_ENTRIES, batched_statistic
+    from clip_robustness.plugins.metrics import UndefinedMetricWarning
+    from clip_robustness.plugins.stats import MAX_BATCH_ENTRIES, batched_statistic, too_few_to_resample
 
     rng = np.random.default_rng(seed)
     n_a, n_b = len(cand[0]), len(cand[1])
     delta = statistic(*cand) - statistic(*base)
+    if too_few_to_resample(n_a, n_b):  # a group of one item has no spread: no interval, as for the cell's own CI
+        warnings.warn(too_few_to_resample(n_a, n_b), UndefinedMetricWarning, stacklevel=2)
+        return float(delta), (math.nan, math.nan), math.nan
     of_cand, of_base = (batched_statistic(statistic, arrays, samples=2) for arrays in (cand, base))
     chunk = max(1, MAX_BATCH_ENTRIES // max(n_a + n_b, 1)) if of_cand and of_base else 1
     deltas = []

@@ -50,6 +50,7 @@ __all__ = [
     "paired_bootstrap_delta",
     "proportion_ci",
     "seed_for",
+    "too_few_to_resample",
 ]
 
 Method = Literal["percentile", "basic", "BCa"]
@@ -90,6 +91,18 @@ def _items(arrays: Sequence[Any], name: str) -> tuple[list[np.ndarray], int]:
 def _nan_interval(message: str) -> Interval:
     warnings.warn(message, UndefinedMetricWarning, stacklevel=3)
     return (math.nan, math.nan)
+
+
+def too_few_to_resample(*sizes: int) -> str | None:
+    """Why no bootstrap interval exists for groups of these sizes (None when each has 2 items or more): a
+    group of one item resamples to itself, so it has no spread (and scipy refuses it). The sentence becomes
+    the row's ``ci_note``; the value itself stays a number."""
+    if min(sizes) >= 2:
+        return None
+    held = (f"the two groups (e.g. ID and OOD items) hold {sizes[0]} and {sizes[1]}" if len(sizes) == 2
+            else f"there is {sizes[0]}")
+    return (f"no confidence interval: a bootstrap needs at least 2 items per group to resample and {held}; "
+            "give more images (or a larger --limit)")
 
 
 def batched_statistic(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *,
@@ -176,6 +189,8 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays: Any, n_resamples: int
     if not math.isfinite(point):
         return _nan_interval(f"bootstrap_ci: the statistic is {point} on the full data, so it has "
                              "no interval")
+    if too_few_to_resample(n):
+        return _nan_interval(too_few_to_resample(n))
     batched = batched_statistic(statistic, data)
     res = _run_bootstrap((np.arange(n),), batched or (lambda i: float(statistic(*(a[i] for a in data)))),
                          n_resamples=n_resamples, confidence=confidence, seed=seed, method=method,
@@ -213,6 +228,8 @@ def bootstrap_ci_two_sample(statistic: Callable[[np.ndarray, np.ndarray], float]
     if not math.isfinite(point):
         return _nan_interval(f"bootstrap_ci_two_sample: the statistic is {point} on the full "
                              "data, so it has no interval")
+    if too_few_to_resample(xa.shape[0], xb.shape[0]):  # e.g. an OOD folder of one image
+        return _nan_interval(too_few_to_resample(xa.shape[0], xb.shape[0]))
     batched = batched_statistic(statistic, (xa, xb), samples=2)
     res = _run_bootstrap((np.arange(xa.shape[0]), np.arange(xb.shape[0])),
                          batched or (lambda i, j: float(statistic(xa[i], xb[j]))),
@@ -262,6 +279,9 @@ def paired_bootstrap_delta(statistic: Callable[..., float], cand_arrays: Sequenc
     if not math.isfinite(delta):
         _nan_interval(f"paired_bootstrap_delta: the difference is {delta} on the full data")
         return nan_result
+    if too_few_to_resample(n):
+        _nan_interval(too_few_to_resample(n))
+        return (delta, (math.nan, math.nan), math.nan)
     cand_batched, base_batched = batched_statistic(statistic, cand), batched_statistic(statistic, base)
     vectorized = cand_batched is not None and base_batched is not None
     res = _run_bootstrap((np.arange(n),),

@@ -2,7 +2,8 @@
 
 Per model: ``top1`` per (corruption, severity) with a Wilson CI (logits saved as samples),
 ``relative_top1`` (corrupted / clean accuracy, paired bootstrap over images), the clean row
-(``corruption=none;severity=0``) and the means over all cells (``corruption=mean``); each cell's
+(``corruption=none;severity=0``) and the means over all cells (``corruption=mean``; over a partial
+ImageNet-C copy ``corruption=partial-mean;covers=...``, with ``extra.missing``); each cell's
 row carries the corruption throughput (``extra.images_per_s``) when it was computed in this run.
 Across models: ``mce_corruption`` (Hendrycks' mCE over the 15 ImageNet-C families, and each
 family's CE) against a reference model of the run: ``embedded:rn-clip`` when present, else the
@@ -50,7 +51,8 @@ def world_cells(world, rb_config):
 def test_corruption2d_world(clip, world, cache, record, rb_config):
     clean, cells = world_cells(world, rb_config)
     head, templates = head_choices(clip, clean, rb_config.templates)[0]
-    record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates, dataset_name=clean.name)
+    record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates, dataset_name=clean.name,
+                           families=ALL_FAMILIES)
 
 
 def test_corruption2d_real(clip, cache, record, rb_config, real_set):
@@ -64,7 +66,7 @@ def test_corruption2d_real(clip, cache, record, rb_config, real_set):
         dataset_name = real_set
     head, templates = head_choices(clip, cells[0].dataset, real_templates(real_set, rb_config))[0]
     record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates,
-                           dataset_name=dataset_name)
+                           dataset_name=dataset_name, families=ALL_FAMILIES)
 
 
 def reference_model(models):

@@ -43,15 +43,17 @@ def test_corruption3d_world(clip, world, cache, record, rb_config):
     cells = [Cell(f, s, clean, corruption3d_condition(f, s, depth, depth_key="world", fov_deg=FOV_DEG))
              for f in FAMILIES_3D for s in SEVERITIES]
     head, templates = head_choices(clip, clean, rb_config.templates)[0]
-    record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates, dataset_name=clean.name)
+    record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates, dataset_name=clean.name,
+                           families=FAMILIES_3D)
 
 
 def test_corruption3d_real(clip, cache, record, rb_config, real_set):
     clean = None
     if "imagenet" in rb_config.data:
         clean = load_real_set("imagenet", rb_config)
+    families = PUBLISHED_3DCC if real_set == "imagenet-3dcc" else FAMILIES_3D
     if real_set == "imagenet-3dcc":
-        cells = corruption_folder_cells(real_set, rb_config.data[real_set], PUBLISHED_3DCC, rb_config.limit)
+        cells = corruption_folder_cells(real_set, rb_config.data[real_set], families, rb_config.limit)
         dataset_name = real_set
     else:
         if clean is None:
@@ -59,9 +61,9 @@ def test_corruption3d_real(clip, cache, record, rb_config, real_set):
                         "give both", pytrace=False)
         depth, digest = folder_depth_source(clean, rb_config.data[real_set])
         cells = [Cell(f, s, clean, corruption3d_condition(f, s, depth, depth_key=digest))
-                 for f in FAMILIES_3D for s in SEVERITIES]
+                 for f in families for s in SEVERITIES]
         dataset_name = clean.name
     head, templates = head_choices(clip, cells[0].dataset, rb_config.templates)[0]
     record_corruption_grid(clip, clean, cells, cache, record, head=head, templates=templates,
-                           dataset_name=dataset_name)
+                           dataset_name=dataset_name, families=families)
 

@@ -370,3 +370,69 @@ def test_throughput_counts_every_image_when_worker_threads_add_at_once():
         list(pool.map(lambda _: [counter.add(0.001, 1) for _ in range(2000)], range(8)))
     assert counter.images == 16000 and counter.seconds == pytest.approx(16.0)
     assert counter.images_per_s() == pytest.approx(1000.0) and corruption_cells.Throughput().images_per_s() is None
+
+
+def _grid_rows(tmp_path, monkeypatch, present, families=ALL_FAMILIES):
+    """The rows record_corruption_grid records for an ImageNet-C copy holding ``present`` (family folder,
+    severities) cells of two images, with a model that is right on every image (no model loads)."""
+    from types import SimpleNamespace
+
+    from clip_robustness.fixtures.cache import EmbeddingCache
+    from clip_robustness.plugins.recorder import Recorder
+
+    for folder_name, severities in present:
+        for severity in severities:
+            folder = tmp_path / "c" / folder_name / str(severity) / "n01440764"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(scene((32, 32))).save(folder / f"x{i}.JPEG")
+    cells = corruption_cells.corruption_folder_cells("imagenet-c", tmp_path / "c", families, limit=None)
+    monkeypatch.setattr(corruption_cells, "cell_logits", lambda clip, cell, cache, templates:
+                        np.eye(1000, dtype=np.float32)[cell.dataset.labels])  # (N, 1000), always right
+    rows, clip = [], SimpleNamespace(id="embedded:rn-clip")
+    record = Recorder("t.py::test", "corruption2d", clip, 0, tmp_path / "samples", EmbeddingCache(tmp_path / "cache"),
+                      sink=rows.append, gate=lambda row, s: None)
+    corruption_cells.record_corruption_grid(clip, None, cells, None, record, head={}, templates="openai",
+                                            dataset_name="imagenet-c", families=families)
+    return rows
+
+
+def test_the_mean_of_a_partial_imagenet_c_copy_says_what_it_covers(tmp_path, monkeypatch):
+    """12 of the 95 cells: their mean is another number than the whole grid's, so it is recorded under a
+    condition naming what it covers (no rule or baseline cell written for ``corruption=mean`` matches it) and
+    says what is missing; the package's default mean gate is the world grid's only."""
+    from clip_robustness.plugins.config import DEFAULT_THRESHOLDS, load_thresholds_file
+    from clip_robustness.plugins.gates import select_threshold
+
+    rows = _grid_rows(tmp_path, monkeypatch, [("gaussian_noise", range(1, 6)), ("blur/defocus_blur", range(1, 6)),
+                                              ("fog", (1, 2))])
+    (mean,) = [r for r in rows if "mean" in r["condition"]]
+    assert mean["condition"] == "corruption=partial-mean;covers=gaussian_noise,defocus_blur,fog:1-2"
+    assert mean["value"] == 1.0 and mean["extra"]["cells"] == 12 and mean["extra"]["grid_cells"] == 95
+    assert mean["extra"]["missing"].startswith("shot_noise,impulse_noise,glass_blur,")
+    assert ",fog:3-5," in mean["extra"]["missing"] and mean["extra"]["missing"].endswith(",saturate")
+    rules = load_thresholds_file(DEFAULT_THRESHOLDS)
+    assert select_threshold(rules, mean) is None
+    assert select_threshold(rules, {**mean, "dataset": "world:test", "condition": "corruption=mean;templates=openai"})
+    # the whole grid of the families asked for keeps its mean's name
+    whole = _grid_rows(tmp_path / "whole", monkeypatch, [("fog", range(1, 6)), ("snow", range(1, 6))], ("snow", "fog"))
+    assert [r["condition"] for r in whole if "mean" in r["condition"]] == ["corruption=mean"]
+
+
+def test_a_cell_of_one_image_has_no_interval_and_says_why(tmp_path):
+    """A two-sample ratio (ImageNet-C cell against ImageNet val) or mCE over one image: no bootstrap interval
+    (scipy refuses a sample of one), for that reason rather than a zero denominator."""
+    from types import SimpleNamespace
+
+    from clip_robustness.plugins import stats
+
+    record = SimpleNamespace(interval=lambda statistic, *arrays, two_sample=False:
+                             stats.bootstrap_ci_two_sample(statistic, *arrays) if two_sample
+                             else stats.bootstrap_ci(statistic, *arrays))
+    ratio = corruption_cells.RATIO
+    assert corruption_cells.interval_or_none(record, ratio, np.ones(1), np.ones(4), two_sample=True) == \
+        (None, stats.too_few_to_resample(1, 4))
+    ci, why = corruption_cells.interval_or_none(record, ratio, np.ones(1), np.ones(1))
+    assert ci is None and why.startswith("no confidence interval: a bootstrap needs at least 2 items")
+    ci, why = corruption_cells.interval_or_none(record, ratio, np.array([1.0, 0.0, 1.0]), np.ones(3))
+    assert why is None and ci[0] <= 2 / 3 <= ci[1]

@@ -100,7 +100,11 @@ def _rows(classes=CLASSES_OF) -> list[dict]:
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
+    """The annotation file and, as in the package's folder, the prototypes list beside it (empty unless given)."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prototypes = path.parent / "prototypical_paths.csv"
+    if not prototypes.exists():
+        prototypes.write_text("file_name\n")
     return path
 
 
@@ -124,6 +128,35 @@ def test_annotations_from_jsonl_csv_and_folder(tmp_path):
     assert len(imagenet_x.load_annotations(folder, filter_prototypes=False)) == 6
 
 
+def test_the_file_and_its_folder_give_the_same_rows(tmp_path):
+    """`--data imagenet-x=` the annotation file or its folder: both leave out the prototypes listed beside the
+    file, as the toolkit's load_annotations(filter_prototypes=True) does; without that list, one sentence."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    file = _jsonl(folder / "imagenet_x_val_top_factor.jsonl", _rows())
+    (folder / "prototypical_paths.csv").write_text("file_name\n" + FILES[0] + "\n" + FILES[3] + "\n")
+    by_folder, by_file = imagenet_x.load_annotations(folder), imagenet_x.load_annotations(file)
+    assert by_file.file_names == by_folder.file_names == (FILES[1], FILES[2], FILES[4], FILES[5])
+    assert by_file.prototypes_removed == by_folder.prototypes_removed == 2
+    (folder / "prototypical_paths.csv").unlink()
+    for path in (folder, file):
+        with pytest.raises(DatasetError, match=r"no prototypical_paths.csv beside imagenet_x_val_top_factor.jsonl, "
+                                               r"so the prototypical images .* cannot be filtered; copy "):
+            imagenet_x.load_annotations(path)
+        with pytest.raises(DatasetError, match="cannot be filtered"):
+            imagenet_x.check_path(path)  # at start-up, before any model loads
+    assert len(imagenet_x.load_annotations(file, filter_prototypes=False)) == 6
+
+
+def test_the_bundled_file_gives_the_toolkit_rows():
+    pytest.importorskip("pandas")
+    toolkit = pytest.importorskip("imagenet_x.utils")
+    folder = imagenet_x.package_annotations_dir()
+    expected = tuple(toolkit.load_annotations()["file_name"])  # filter_prototypes=True, the toolkit's default
+    assert imagenet_x.load_annotations(folder / "imagenet_x_val_top_factor.jsonl").file_names == expected
+    assert imagenet_x.load_annotations(folder).file_names == expected
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda rows: rows[:2] + [{k: v for k, v in r.items() if k != "pose"} for r in rows[2:]], "row 3 lacks"),
     (lambda rows: [{**r, "pose": ""} for r in rows], "must be 0 or 1"),
@@ -137,6 +170,7 @@ def test_annotation_errors(tmp_path, mutate, message):
 
 def test_annotation_path_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"file_name": "a"}\nnot json\n')
+    (tmp_path / "prototypical_paths.csv").write_text("file_name\n")
     with pytest.raises(DatasetError, match="line 2 is not JSON"):
         imagenet_x.load_annotations(tmp_path / "bad.jsonl")
     with pytest.raises(DatasetError, match="has no imagenet_x_val_top_factor.jsonl"):

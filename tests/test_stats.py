@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
+from clip_robustness.fixtures.factors import bootstrap_ci_vector
 from clip_robustness.plugins import metrics as M
 from clip_robustness.plugins import stats as S
 from clip_robustness.plugins.metrics import UndefinedMetricWarning
+from clip_robustness.plugins.regression import paired_two_group_delta
 
 
 def test_stats_doctests_pass():
@@ -134,6 +136,43 @@ def test_two_sample_bootstrap_empty_group_is_nan():
     with pytest.warns(UndefinedMetricWarning):
         assert all(math.isnan(v) for v in S.bootstrap_ci_two_sample(
             M.ood_auroc_score, np.ones(3), np.zeros(0)))
+
+
+AUROC = M.ood_auroc_score
+ONE_GROUP_OF_ONE = [  # every bootstrap path, with one group of a single item (an OOD folder of one image, --limit 1)
+    ("ood side", lambda: S.bootstrap_ci_two_sample(AUROC, np.arange(12.0), np.zeros(1))),
+    ("id side", lambda: S.bootstrap_ci_two_sample(AUROC, np.ones(1), np.arange(3.0))),
+    ("one sample", lambda: S.bootstrap_ci(np.mean, np.ones(1))),
+    ("paired delta", lambda: S.paired_bootstrap_delta(np.mean, (np.ones(1),), (np.zeros(1),))[1]),
+    ("paired two-group delta",
+     lambda: paired_two_group_delta(AUROC, (np.arange(12.0), np.zeros(1)), (np.arange(12.0), np.ones(1)))[1]),
+    ("effective robustness", lambda: bootstrap_ci_vector(lambda a: a.mean(0), np.ones((1, 3)), seed=0)),
+]
+
+
+@pytest.mark.parametrize("call", [c for _, c in ONE_GROUP_OF_ONE], ids=[n for n, _ in ONE_GROUP_OF_ONE])
+def test_a_group_of_one_item_has_no_interval_and_says_why(call):
+    """scipy refuses a sample of one item ("each sample in `data` must contain two or more observations"):
+    the interval is nan with a sentence, as for 0 items, so the row keeps its value and a ci_note."""
+    with pytest.warns(UndefinedMetricWarning, match="at least 2 items per group .*give more images"):
+        assert np.isnan(np.asarray(call(), dtype=float)).all()
+
+
+def test_an_ood_cell_of_one_image_records_its_value_with_a_null_ci_and_the_reason(tmp_path):
+    from functools import partial
+
+    from clip_robustness.fixtures.cache import EmbeddingCache
+    from clip_robustness.plugins.recorder import Recorder
+
+    rows = []
+    record = Recorder("t.py::test", "ood", None, 0, tmp_path, EmbeddingCache(tmp_path / "cache"), sink=rows.append,
+                      gate=lambda row, s: None)
+    s_in, s_out = np.linspace(0, 1, 12), np.array([0.3])
+    record.measure("auroc", partial(AUROC, validate=False), s_in, s_out, two_sample=True, dataset="ood:one", model="m")
+    (row,) = rows
+    assert row["value"] == AUROC(s_in, s_out) and row["ci"] is None and row["n"] == 13
+    assert row["extra"]["ci_note"].startswith("no confidence interval: a bootstrap needs at least 2 items per group")
+    assert "hold 12 and 1" in row["extra"]["ci_note"]
 
 
 # ------------------------------------------------------------------------------ paired delta
