@@ -217,19 +217,23 @@ def regression_verdict(row: dict[str, Any], comparison: dict[str, Any], rule: Th
     lo, hi = comparison["ci"]
     drops = sorted((-sign * lo, -sign * hi))  # CI of the drop
     tol = float(rule.max_drop)
+    no_interval = any(math.isnan(x) for x in drops)  # e.g. one item to resample: the point alone shows no safety
     if math.isnan(drop):  # a change that cannot be computed never passes a regression gate
         verdict = FAIL
-    elif any(math.isnan(x) for x in drops):
-        verdict = FAIL if drop > tol else PASS
+    elif no_interval:
+        verdict = FAIL if drop > tol else INCONCLUSIVE
     else:
         verdict = FAIL if drops[0] > tol else INCONCLUSIVE if drop > tol else PASS
     p = comparison.get("p_value")
-    p_text = f", p={p:.3g}" if p is not None else ""
+    p_text = f", p={p:.3g}" if p is not None and not math.isnan(p) else ""
+    interval = "no CI" if no_interval else f"95% CI {lo:+.4g}…{hi:+.4g}"
     change = f"{row['metric']} {comparison['baseline_value']:.4g} -> {row['value']:.4g} " \
-             f"(Δ={comparison['delta']:+.4g}, 95% CI {lo:+.4g}…{hi:+.4g}{p_text}) vs baseline " \
-             f"{comparison['baseline_model']}"
+             f"(Δ={comparison['delta']:+.4g}, {interval}{p_text}) vs baseline {comparison['baseline_model']}"
     if verdict == FAIL:
         message = f"{change} drops by more than the tolerance {tol:.4g} {describe_cell(row)}."
+    elif no_interval:
+        message = (f"{change} has no confidence interval {describe_cell(row)} (too few items to resample), so "
+                   f"staying within the tolerance {tol:.4g} cannot be shown.")
     elif verdict == INCONCLUSIVE:
         message = f"{change} may drop by more than the tolerance {tol:.4g} {describe_cell(row)}: the CI cannot tell."
     else:

@@ -286,6 +286,19 @@ def test_missing_baseline_sample_file_falls_back_to_an_unpaired_comparison(pytes
     assert "Traceback" not in refused.stderr.str() + result.stdout.str()
 
 
+def test_a_change_without_an_interval_never_passes_its_max_drop_gate():
+    """A delta with no interval (one item to resample): a point drop within the tolerance shows nothing."""
+    row = {**_cls_row(np.eye(3), np.arange(3))}
+    comparison = {"delta": -0.01, "ci": [float("nan"), float("nan")], "baseline_model": "base",
+                  "baseline_value": 1.0, "p_value": float("nan"), "method": "paired bootstrap"}
+    gate = regression_verdict(row, comparison, Threshold("accuracy", "top1", max_drop=0.05))
+    assert gate["verdict"] == "inconclusive"
+    assert "(Δ=-0.01, no CI) vs baseline base has no confidence interval" in gate["message"]
+    assert "cannot be shown" in gate["message"] and "nan" not in gate["message"]
+    worse = regression_verdict(row, {**comparison, "delta": -0.2}, Threshold("accuracy", "top1", max_drop=0.05))
+    assert worse["verdict"] == "fail"
+
+
 def test_a_change_that_cannot_be_computed_fails_its_max_drop_gate():
     """A NaN delta (recomputed from samples that give NaN) must never read as 'within the tolerance'."""
     row = {**_cls_row(np.eye(3), np.arange(3))}

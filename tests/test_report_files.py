@@ -105,6 +105,29 @@ def test_a_run_that_measures_nothing_replaces_the_stale_report_and_lists_the_fai
                                  f"failed to load: {model_id} (2 tests not run): *does not match architecture*"])
 
 
+SKIPPING = '''
+import pytest
+
+pytestmark = pytest.mark.ood
+
+def test_real(record):
+    pytest.skip("real data not given (--data ood:NAME=PATH)")
+'''
+
+
+def test_a_run_whose_every_test_skipped_is_not_a_green_gate(pytester, run_harness):
+    """`-k "accuracy and real"` without --data skips every test: the report says it measured nothing, and the
+    exit status is pytest's for a run with nothing to run (5), not 0, so CI does not pass an empty gate."""
+    pytester.makepyfile(test_props=SKIPPING)
+    result = run_harness("--model", RANDOM_MODEL)
+    result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["*this run measured nothing: the report says so and lists why (exit status 5*"])
+    assert _report(pytester.path)[0]["results"] == []
+    pytester.makepyfile(test_props=MEASURING)
+    assert run_harness("--model", RANDOM_MODEL).ret == pytest.ExitCode.OK
+
+
 def test_errored_and_failed_tests_are_listed_but_gate_failures_are_not(pytester, run_harness):
     pytester.makepyfile(test_props=ERRORING)
     pytester.makefile(".toml", gates='[[thresholds]]\nproperty = "ood"\nmetric = "auroc"\ndataset = "gated"\n'
