@@ -170,12 +170,24 @@ def run_inputs(rb: Any, cache: Any = None) -> dict[str, Any]:
     return {
         "version": RESULT_VERSION, "seed": rb.seed, "limit": rb.limit, "templates": templates,
         "precision": rb.precision, "device": rb.device.split(":")[0],
-        "data": {name: tree_fingerprint(path, cache) for name, path in sorted(rb.data.items())},
+        "data": {name: data_fingerprint(Path(path), cache) for name, path in sorted(rb.data.items())},
         # an imagefolder's classnames/templates files: by content, as the templates above
         "data_options": {k: {o: file_fingerprint(Path(v), cache) if Path(v).is_file() else str(v)
                              for o, v in sorted(opts.items())} for k, opts in sorted(rb.data_options.items())},
         "libraries": package_versions(),
     }
+
+
+def data_fingerprint(path: Path, cache: Any = None) -> str:
+    """A --data path's content: a folder's listing, or a file's bytes with those of the file its loader reads
+    beside it (ImageNet-X's prototypical_paths.csv, which decides which images are measured)."""
+    fingerprint = tree_fingerprint(path, cache)
+    if path.is_file():
+        from clip_robustness.fixtures.imagenet_x import PROTOTYPES
+
+        beside = path.parent / PROTOTYPES
+        fingerprint += ":" + (file_fingerprint(beside, cache) if beside.is_file() else "no " + PROTOTYPES)
+    return fingerprint
 
 
 def item_key(item: Any, rb: Any, run_key: dict[str, Any], models: dict[str, str], lmms: dict[str, str],

@@ -163,6 +163,20 @@ def test_a_file_name_that_is_not_utf8_is_read_and_shown_escaped(tmp_path):
     str(err.value).encode()  # the sentence prints
 
 
+def test_start_up_refuses_a_one_class_set_and_imagenet_x_without_its_prototypes_list(tmp_path):
+    _img(tmp_path / "one" / "cube" / "a.png", 1)
+    with pytest.raises(DatasetError, match=r"--data imagefolder:one=.*: 1 class folder\(s\); a zero-shot classifier "
+                                           r"over fewer than 2 classes is right by construction"):
+        check_data_layout("imagefolder:one", tmp_path / "one")  # top-1 was 1.0, and the gate passed
+    _img(tmp_path / "one" / "prism" / "b.png", 2)
+    check_data_layout("imagefolder:one", tmp_path / "one")
+    annotations = tmp_path / "x" / "imagenet_x_val_top_factor.jsonl"
+    annotations.parent.mkdir()
+    annotations.write_text("")
+    with pytest.raises(DatasetError, match="no prototypical_paths.csv beside imagenet_x_val_top_factor.jsonl"):
+        check_data_layout("imagenet-x", annotations)
+
+
 def test_archive_folders_are_not_classes(tmp_path):
     _img(tmp_path / "sketch" / "n01440764" / "a.JPEG", 1)
     _img(tmp_path / "sketch" / "__MACOSX" / "n01440764" / "._a.JPEG", 1)

@@ -323,6 +323,23 @@ def test_the_key_reads_zoo_configs_lmm_towers_and_imagefolder_files(tmp_path, mo
     assert replay.run_inputs(rb) != before
 
 
+def test_the_key_reads_the_prototypes_list_beside_an_imagenet_x_file(tmp_path):
+    """--data imagenet-x=FILE: the loader also reads prototypical_paths.csv beside it (which images count)."""
+    from types import SimpleNamespace
+
+    from clip_robustness.plugins import replay
+
+    annotations = tmp_path / "imagenet_x_val_top_factor.jsonl"
+    annotations.write_text("{}\n")
+    rb = SimpleNamespace(templates=("single",), seed=0, limit=None, precision="auto", device="cpu",
+                         data={"imagenet-x": annotations}, data_options={})
+    without = replay.run_inputs(rb)
+    (tmp_path / "prototypical_paths.csv").write_text("file_name\nILSVRC2012_val_00000001.JPEG\n")
+    listed = replay.run_inputs(rb)
+    (tmp_path / "prototypical_paths.csv").write_text("file_name\n")
+    assert len({str(without), str(listed), str(replay.run_inputs(rb))}) == 3
+
+
 def test_the_key_of_a_cross_model_test_follows_the_model_order():
     """mCE takes the run's first model as its reference when rn-clip is absent: --model A --model B and
     --model B --model A must not share a stored result."""
