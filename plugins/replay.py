@@ -228,7 +228,9 @@ class ResultCache:
             models: dict[str, str | None] = {}
             for spec in self.rb.models:
                 try:
-                    models[spec.id] = model_fingerprint(spec, self.cache)
+                    # the --model ;key=value labels too: a stored result carries the model's description
+                    models[spec.id] = model_fingerprint(spec, self.cache) + (
+                        json.dumps(sorted(spec.metadata)) if spec.metadata else "")
                 except (NotFingerprintable, OSError):
                     models[spec.id] = None
             lmms: dict[str, str | None] = {}

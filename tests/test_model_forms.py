@@ -153,3 +153,8 @@ def test_start_up_refuses_a_bad_local_dir_before_any_test(pytester, run_harness)
     assert result.ret == 4 and "Traceback" not in result.stdout.str() + result.stderr.str()
     result.stderr.fnmatch_lines(["*missing is not a folder*local-dir:PATH names a folder holding "
                                  "open_clip_config.json and the weights*"])
+
+
+def test_a_metadata_key_given_twice_is_refused():
+    with pytest.raises(ModelSpecError, match=r"metadata key 'finetune' is given twice; give each key once"):
+        parse_model_spec("embedded:rn-clip;finetune=a;finetune=b")

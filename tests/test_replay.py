@@ -340,6 +340,23 @@ def test_the_key_reads_the_prototypes_list_beside_an_imagenet_x_file(tmp_path):
     assert len({str(without), str(listed), str(replay.run_inputs(rb))}) == 3
 
 
+def test_the_key_reads_the_models_labels():
+    """`--model "embedded:rn-clip;finetune=ft"` after a plain run replayed the stored description (finetune none)."""
+    from types import SimpleNamespace
+
+    from clip_robustness.fixtures.model_specs import parse_model_spec
+    from clip_robustness.plugins import replay
+
+    def fingerprints(spec: str) -> dict:
+        rb = SimpleNamespace(templates=("single",), seed=0, limit=None, precision="auto", device="cpu", data={},
+                             data_options={}, models=[parse_model_spec(spec)], lmms=())
+        return replay.ResultCache(None, rb, None).inputs()[1]
+
+    plain, labelled = fingerprints("embedded:rn-clip"), fingerprints("embedded:rn-clip;finetune=ft")
+    assert plain.keys() == labelled.keys() and plain != labelled != fingerprints("embedded:rn-clip;finetune=lp")
+    assert plain["embedded:rn-clip"] == replay.model_fingerprint(parse_model_spec("embedded:rn-clip"))  # kept
+
+
 def test_the_key_of_a_cross_model_test_follows_the_model_order():
     """mCE takes the run's first model as its reference when rn-clip is absent: --model A --model B and
     --model B --model A must not share a stored result."""
