@@ -95,6 +95,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in WARNING_FILTERS:
         config.addinivalue_line("filterwarnings", line)
     try:
+        if not hasattr(config, "workerinput"):
+            check_space_form(config)
         rb = build_config(
             models=config.getoption("rb_models"), data=config.getoption("rb_data"),
             thresholds=config.getoption("rb_thresholds"), baseline=config.getoption("rb_baseline"),
@@ -140,6 +142,31 @@ def pytest_configure(config: pytest.Config) -> None:
         from clip_robustness.plugins.report import ReportSession
 
         config.pluginmanager.register(ReportSession(rb, config.rootpath, config), "robustness-report")
+
+
+VALUE_OPTIONS = ("--model", "--data", "--thresholds", "--baseline", "--baseline-model", "--report-dir", "--templates",
+                 "--lmm", "--embedding-cache")
+
+
+def check_space_form(config: pytest.Config) -> None:
+    """pytest chooses its rootdir (and ini file) before it knows a plugin's options, so in ``--baseline /x/r.json``
+    it takes /x/r.json for a test path: the run then starts in /x, without the project's settings, and collects
+    whatever tests are there (the harness's own, once). Refuse that case; ``--baseline=/x/r.json`` is read right."""
+    from pathlib import Path
+
+    root, cwd = config.rootpath, config.invocation_params.dir
+
+    def under_root(path: Path) -> bool:
+        return path == root or root in path.parents
+
+    args = [str(a) for a in config.invocation_params.args]
+    explained = any(under_root(Path(cwd, a).resolve()) for a in config.args)  # the run's own test paths
+    for option, value in zip(args, args[1:]):
+        if option in VALUE_OPTIONS and Path(cwd, value).exists() and under_root(Path(cwd, value).resolve()) \
+                and not explained:
+            raise ConfigError(f"{option} {value}: pytest took this path for a test path when it chose the run's "
+                              f"root folder ({root}), before it knew {option} takes a value, so the run would start "
+                              f"there without this project's settings; write it as {option}={value}")
 
 
 def run_threads(config: pytest.Config, rb: RunConfig) -> tuple[int, str]:

@@ -55,3 +55,23 @@ def test_template_sets_are_built_on_first_use() -> None:
     assert (name, sets) == ("simple", templates.TEMPLATE_SETS["simple"]) and all("{c}" in t for t in sets)
     with pytest.raises(ValueError, match="unknown template set 'nope'"):
         templates.check_templates("nope")
+
+
+def test_a_path_after_a_space_that_would_move_the_root_folder_is_refused(tmp_path: Path) -> None:
+    """pytest chooses its root folder before it knows the plugin's options: `--report-dir /x` made /x the
+    root, so the run lost the project's settings and collected the wrong tests. `--report-dir=/x` is right."""
+    (tmp_path / "rep").mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+                               "--embedding-cache=off", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    refused = run("--report-dir", str(tmp_path / "rep"))
+    assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout[-2000:]
+    assert (f"--report-dir {tmp_path / 'rep'}: pytest took this path for a test path when it chose the run's root "
+            f"folder ({tmp_path / 'rep'}), before it knew --report-dir takes a value, so the run would start there "
+            f"without this project's settings; write it as --report-dir={tmp_path / 'rep'}") in refused.stderr
+    accepted = run(f"--report-dir={tmp_path / 'rep'}")
+    assert accepted.returncode == 0 and "robustness_tests/test_accuracy.py" in accepted.stdout
+    assert run("robustness_tests/test_accuracy.py", "--report-dir", str(tmp_path / "rep")).returncode == 0
