@@ -84,8 +84,18 @@ def test_truncated_torch_file(tmp_path):
 
     torch.save(load_file(str(RN)), tmp_path / "full.pt")
     (tmp_path / "model.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:5000])
-    text = _message(f"world-rn-tiny@{tmp_path / 'model.pt'}")
-    assert "could not be read (" in text and "the file is truncated or corrupted, copy or export it again" in text
+    text = _message(f"world-rn-tiny@{tmp_path / 'model.pt'}", ModelSpecError)  # at start, from the zip directory
+    assert f"{tmp_path / 'model.pt'}: the file is truncated (5000 bytes, less than its torch header or zip index " \
+           "says it holds); the save or the copy was cut short, copy it again" in text
+
+
+@pytest.mark.parametrize("keep", [100_000, 20], ids=["tensors-cut", "header-cut"])
+def test_truncated_safetensors_file_is_refused_at_start(tmp_path, keep):
+    """It was five setup errors ("incomplete metadata, file not fully covered") after start-up."""
+    (tmp_path / "model.safetensors").write_bytes(RN.read_bytes()[:keep])
+    text = _message(f"world-rn-tiny@{tmp_path / 'model.safetensors'}", ModelSpecError)
+    assert f"the file is truncated ({keep} bytes, less than its safetensors header" in text
+    assert parse_model_spec(f"world-rn-tiny@{RN}") and _load(f"world-rn-tiny@{RN}")  # a whole file still loads
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
