@@ -177,6 +177,16 @@ def test_start_up_refuses_a_one_class_set_and_imagenet_x_without_its_prototypes_
         check_data_layout("imagenet-x", annotations)
 
 
+def test_a_file_where_a_folder_belongs_is_named_as_such(tmp_path):
+    (tmp_path / "afile.txt").write_text("x")
+    for load in (lambda p: imagenet_folder("imagenet", p), lambda p: ood_dataset("ood:x", p),
+                 lambda p: check_data_layout("imagenet", p)):
+        with pytest.raises(DatasetError, match=r"afile.txt: is a file, not a folder; pass the folder that holds"):
+            load(tmp_path / "afile.txt")
+    with pytest.raises(DatasetError, match=r"nope: folder does not exist"):
+        imagenet_folder("imagenet", tmp_path / "nope")
+
+
 def test_archive_folders_are_not_classes(tmp_path):
     _img(tmp_path / "sketch" / "n01440764" / "a.JPEG", 1)
     _img(tmp_path / "sketch" / "__MACOSX" / "n01440764" / "._a.JPEG", 1)
