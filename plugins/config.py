@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,8 @@ class Threshold:
 
 def parse_threshold(raw: Any, origin: str) -> Threshold:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: each threshold must be a table/object, got {raw!r}")
+        raise ConfigError(f"{origin}: each threshold must be a table/object (property, metric and a bound), "
+                          f"got {_toml_type(raw)} {raw!r}")
     unknown = set(raw) - THRESHOLD_KEYS
     if unknown:
         raise ConfigError(f"{origin}: unknown threshold key(s) {sorted(unknown)}; allowed: {sorted(THRESHOLD_KEYS)}")
@@ -65,12 +67,53 @@ def parse_threshold(raw: Any, origin: str) -> Threshold:
     for key, value in bounds.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{origin}: threshold {key}={value!r} must be a number")
+    for key, value in bounds.items():
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{origin}: {key} = {value} is not a finite number, so the rule can never be "
+                              f"decided; give a number on the metric's scale, e.g. {key} = "
+                              f"{'0.02' if key == 'max_drop' else '0.9'}")
     if bounds["max_drop"] is not None and bounds["max_drop"] < 0:
         raise ConfigError(f"{origin}: max_drop must be >= 0, got {bounds['max_drop']}")
+    if bounds["min"] is not None and bounds["max"] is not None and bounds["min"] > bounds["max"]:
+        raise ConfigError(f"{origin}: min = {bounds['min']} is above max = {bounds['max']}, so no value can meet "
+                          "both; swap them or fix the one that is wrong")
+    _check_rule_bounds(raw["metric"], bounds, origin)
     for key in ("model", "dataset", "condition", "reason"):
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{origin}: threshold {key}={raw[key]!r} must be a string")
     return Threshold(**{k: v for k, v in raw.items()}, origin=origin)
+
+
+def _check_rule_bounds(metric: str, bounds: dict[str, Any], origin: str) -> None:
+    """A bound outside the range the metric can take (``MetricInfo.lower_bound..upper_bound``; for a glob, the
+    widest range of the metrics it names) is either always met or never met: a wrong scale (``min = 90``
+    for a 0..1 metric) or a typo. So is a ``max_drop`` at least as wide as that range (no drop can exceed it)."""
+    from clip_robustness.plugins.metrics import METRICS
+
+    infos = [info for name, info in METRICS.items() if fnmatch.fnmatchcase(name, metric)]
+    if not infos:
+        return
+    lo, hi = min(i.lower_bound for i in infos), max(i.upper_bound for i in infos)
+    what = infos[0].name if len(infos) == 1 else f"the metrics {metric!r} names"
+    span = f"{_num(lo)}..{_num(hi)}"
+    for key in ("min", "max"):
+        value = bounds[key]
+        if value is not None and not lo <= value <= hi:
+            scale = (f" (a percentage? write {_num(value / 100)} for {_num(value)}%)"
+                     if hi == 1 and 1 < value <= 100 else "")
+            raise ConfigError(f"{origin}: {key} = {_num(value)} is outside the range {span} of {what}, so the rule "
+                              f"is {'never' if (key == 'min') == (value > hi) else 'always'} met; "
+                              f"give a bound within {span}{scale}")
+    width = max(i.upper_bound - i.lower_bound for i in infos)
+    drop = bounds["max_drop"]
+    if drop is not None and math.isfinite(width) and drop >= width:
+        scale = f" (a percentage? write {_num(drop / 100)} for {_num(drop)} points)" if width <= 2 and drop > 1 else ""
+        raise ConfigError(f"{origin}: max_drop = {_num(drop)} is not below the whole range {span} of {what}, so no "
+                          f"drop can exceed it; give a tolerance in metric units below {_num(width)}{scale}")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
 
 
 def _check_rule_names(prop: str, metric: str, origin: str) -> None:
@@ -117,10 +160,54 @@ def load_pyproject(rootdir: Path) -> dict[str, Any]:
         section = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("robustness", {})
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [tool.robustness] must be a table of settings; got {_toml_type(section)}")
     unknown = set(section) - PYPROJECT_KEYS
     if unknown:
         raise ConfigError(f"{path} [tool.robustness]: unknown key(s) {sorted(unknown)}; allowed: {sorted(PYPROJECT_KEYS)}")
+    check_pyproject_section(section, f"{path} [tool.robustness]")
     return section
+
+
+# Each list key of [tool.robustness], with an example and what leaving it out means.
+PYPROJECT_LISTS = {
+    "models": ('models = ["embedded:rn-clip"]', "the embedded zoo's factor models"),
+    "templates": ('templates = ["openai", "single"]', "the default template sets (openai and single)"),
+    "lmms": ('lmms = ["embedded"]', "the embedded LMMs on the run's models"),
+}
+
+
+def _toml_type(value: Any) -> str:
+    """``a string``, ``an integer``, ... for messages about a TOML value of the wrong type."""
+    kinds = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"), (dict, "a table"),
+             (list, "a list"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), f"a {type(value).__name__}")
+
+
+def check_pyproject_section(section: dict[str, Any], where: str) -> None:
+    """Type-check every key of ``[tool.robustness]``: a string where a list belongs would otherwise be read
+    one character at a time, and ``strict = "false"`` would be true."""
+    for key, (example, default) in PYPROJECT_LISTS.items():
+        if key not in section:
+            continue
+        value = section[key]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} {key} must be a list of strings, e.g. {example}; got {_toml_type(value)}")
+        bad = next((v for v in value if not isinstance(v, str) or not v.strip()), None)
+        if bad is not None:
+            raise ConfigError(f"{where} {key} must be a list of non-empty strings, e.g. {example}; "
+                              f"got {bad!r} ({_toml_type(bad)}) in it")
+        if not value:
+            noun = {"models": "model", "templates": "template set", "lmms": "LMM"}[key]
+            raise ConfigError(f"{where} {key} = [] selects no {noun}; "
+                              f"remove the key for {default}, or list them, e.g. {example}")
+    if "strict" in section and not isinstance(section["strict"], bool):
+        raise ConfigError(f"{where} strict must be true or false (a TOML boolean, without quotes); "
+                          f"got {_toml_type(section['strict'])} {section['strict']!r}")
+    rules = section.get("thresholds", [])
+    if not isinstance(rules, list):
+        raise ConfigError(f"{where} thresholds must be a list of tables, one [[tool.robustness.thresholds]] block "
+                          f"per rule; got {_toml_type(rules)}")
 
 
 def parse_data_option(text: str) -> tuple[str, Path]:
@@ -191,6 +278,9 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
                  shard: str | None = None) -> RunConfig:
     """Merge the three layers and validate every value."""
     project = load_pyproject(rootdir)
+    if not str(report_dir).strip():
+        raise ConfigError("--report-dir is empty; pass the folder for the report, e.g. --report-dir=reports "
+                          "(the default)")
     try:
         specs = tuple(parse_model_spec(m) for m in (models or project.get("models", [])))
     except ModelSpecError as err:
@@ -260,11 +350,20 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
     from clip_robustness.fixtures.templates import check_templates
 
     template_sets = tuple(templates or project.get("templates", []) or RunConfig.templates)
+    option = "--templates" if templates else "[tool.robustness] templates"
+    names: dict[str, str] = {}  # the name a set's cells carry (templates=NAME) -> the value that gave it
     for t in template_sets:
         try:
-            check_templates(t)
+            checked = check_templates(t)
         except ValueError as err:
-            raise ConfigError(f"--templates: {err}") from None
+            raise ConfigError(f"{option}: {err}") from None
+        name = t if checked is None else checked[0]
+        if name in names:  # every cell of the prompt factor would be measured and reported twice
+            raise ConfigError(
+                f"{option}: the same template set is given twice: {t!r}; give each set once"
+                if names[name] == t else
+                f"{option}: {names[name]!r} and {t!r} both name their cells {name!r}; rename one of the files")
+        names[name] = t
     lmm_specs = tuple(lmms or project.get("lmms", []))
     if lmm_specs:
         from clip_robustness.fixtures.lmm.adapter import LMMError, parse_lmm_spec
@@ -286,6 +385,20 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def parse_embedding_cache(value: str | None, default: Any) -> Path | None:
+    """``--embedding-cache DIR|off`` -> the cache folder, or None when it is off (``off`` in any case);
+    ``default()`` gives the folder when the option is not given. An empty value is refused, not read as
+    the default or as the current folder."""
+    if value is None:
+        return Path(default())
+    if not value.strip():
+        raise ConfigError("--embedding-cache is empty; pass a folder, or off to disable the cache "
+                          "(leave the option out for .pytest_cache/d/rb-embeddings)")
+    if value.strip().lower() == "off":
+        return None
+    return Path(value).expanduser().resolve()
 
 
 def parse_threads(text: str) -> int | None:

@@ -58,6 +58,11 @@ def bound_verdict(row: dict[str, Any], rule: Threshold) -> dict[str, Any]:
         gate.update(verdict=FAIL, message=f"{row['metric']} is undefined {describe_cell(row)} ({why}), so the bound "
                                           f"{bound} cannot be met.")
         return gate
+    no_interval = (row.get("extra") or {}).get("ci_note") if not row.get("ci") else None
+    if no_interval:  # the interval could not be computed (one image per group): a point alone decides nothing
+        gate.update(verdict=INCONCLUSIVE, message=f"{metric} has no confidence interval {describe_cell(row)} "
+                                                  f"({no_interval}), so its bound cannot be decided.")
+        return gate
     verdicts = []
     if rule.min is not None:
         verdicts.append((PASS if lo >= rule.min else FAIL if hi < rule.min else INCONCLUSIVE,
@@ -104,6 +109,24 @@ def did_you_mean(pattern: str, values: Iterable[str]) -> str:
     return f" (did you mean {close[0] + pattern[len(literal):]!r}?)" if close else ""
 
 
+def names_known_model(pattern: str) -> bool:
+    """Whether a rule's model glob names a model that exists beyond this run: an embedded zoo model, or a spec
+    of a known open_clip architecture (``ViT-L-14:openai``, ``ViT-B-32@ft.pt``). Such a rule is for another
+    run's model even when its name is close to one of this run's (``embedded:rn-clip`` in a run of
+    ``embedded:rn-clip-narrow``); a close name that names nothing known is a typo."""
+    try:
+        from clip_robustness.fixtures import zoo
+        from clip_robustness.fixtures.models import known_architectures
+
+        if any(fnmatchcase(f"embedded:{entry.name}", pattern) for entry in zoo.list_models()):
+            return True
+        literal = re.split(r"[*?[]", pattern, maxsplit=1)[0]
+        arch, sep, _ = literal.partition("@") if "@" in literal else literal.partition(":")
+        return bool(sep) and arch != "embedded" and arch in known_architectures()
+    except (OSError, ValueError, KeyError):  # an unreadable zoo index: no name counts as known
+        return False
+
+
 def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, decided: int,
                  baseline: bool) -> tuple[str, str]:
     if rule.min is None and rule.max is None and not baseline:
@@ -119,8 +142,10 @@ def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, deci
     if not scope:
         if not any(fnmatchcase(r["property"], rule.property) for r in rows):
             return NOT_APPLICABLE, f"no {rule.property!r} cell was measured in this run"
-        return NOT_APPLICABLE, (f"no model of this run matches {rule.model!r}"
-                                + did_you_mean(rule.model, {r["model"] for r in rows}))
+        hint = did_you_mean(rule.model, {r["model"] for r in rows})
+        if hint and not names_known_model(rule.model):  # close to a run model and naming no other: a typo
+            return UNMATCHED, f"model {rule.model!r} matches none of this run's models" + hint
+        return NOT_APPLICABLE, f"no model of this run matches {rule.model!r}" + hint
     for key in ("metric", "dataset", "condition"):
         pattern, values = getattr(rule, key), {r[key] for r in scope}
         if not any(fnmatchcase(v, pattern) for v in values):

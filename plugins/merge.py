@@ -6,10 +6,20 @@ Shards are runs of the same harness over different test ids (CI matrix jobs, mac
 ``pytest --model A`` and ``pytest --model B``). Rows are keyed by (property, model, dataset,
 condition, metric): a cell present in two shards must hold the same value, else the merge stops
 and names the cell (two shards measured the same thing differently: a seed or version mismatch).
+
+Before any row is read, the shards must be parts of one run (``_check_same_run``): the same run-level
+options (limit, seed, precision, device kind, templates, threshold rules, data, baseline, LMMs), the
+same harness commit and package versions, the same weights for a model two shards share, and, for
+``--shard I/N`` runs, the same models and N with every shard given once. Shards cut by model
+(``pytest --model A`` / ``--model B``, no ``--shard``) may differ in their models only. What legitimately
+differs between the jobs of one run is not compared: report and cache folders, threads, batch size,
+the thresholds file's path (its rules are compared), platform, times and run ids.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -49,7 +59,9 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     if len(paths) < 2:
         raise MergeError("give at least two shard reports to merge")
     out_dir = Path(out_dir)
+    _check_given_once([Path(p) for p in paths])
     reports = [(Path(p), _load(Path(p))) for p in paths]
+    _check_same_run(reports)
     _check_shards_complete(reports)
     rows: dict[tuple, dict[str, Any]] = {}
     origin: dict[tuple, Path] = {}
@@ -65,9 +77,6 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
             if row.get("samples"):
                 _copy_samples(path.parent / row["samples"], out_dir / row["samples"])
     first = reports[0][1]["run"]
-    seeds = {d["run"].get("seed") for _, d in reports}
-    if len(seeds) > 1:
-        raise MergeError(f"shards were run with different seeds {sorted(map(str, seeds))}; merge runs of one seed")
     models: dict[str, Any] = {}
     for _, data in reports:
         for model_id, info in (data["run"].get("models") or {}).items():
@@ -101,6 +110,165 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
 def _shard_of(report: dict[str, Any]) -> tuple[int, int] | None:
     shard = (report["run"].get("config") or {}).get("shard")
     return tuple(shard) if shard else None
+
+
+def _check_given_once(paths: list[Path]) -> None:
+    """The same report file twice would count one shard's tests as two shards'."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        try:
+            key = path.resolve(strict=True)
+        except OSError:
+            continue  # _load names a missing file
+        if key in seen:
+            same = f"{path}" if str(seen[key]) == str(path) else f"{path} ({seen[key]})"
+            raise MergeError(f"{same} is given twice; give each shard's report once")
+        seen[key] = path
+
+
+_MISSING = object()  # a setting a (pre-)report does not record: not compared
+
+
+def _config(name: str) -> Any:
+    return lambda run: (run.get("config") or {}).get(name, _MISSING) if "config" in run else _MISSING
+
+
+def _precision(run: dict[str, Any]) -> Any:
+    """--precision as it resolved: auto is fp32 off cuda (the per-model precisions are compared too)."""
+    value = _config("precision")(run)
+    if value == "auto" and not str(_device_kind(run)).startswith("cuda"):
+        return "fp32"
+    return value
+
+
+def _device_kind(run: dict[str, Any]) -> Any:
+    """The resolved device without its index: cuda:0 and cuda:1 measure alike, cpu and cuda do not."""
+    device = run.get("device", _MISSING)
+    if device is _MISSING:
+        device = _config("device")(run)
+    return device if device in (_MISSING, None) or device == "auto" else str(device).split(":")[0]
+
+
+def _rules(run: dict[str, Any]) -> Any:
+    """The gate rules (defaults, pyproject, --thresholds), without their origin (the file's path)."""
+    rules = _config("thresholds")(run)
+    if not isinstance(rules, list):
+        return rules
+    return [{k: v for k, v in sorted(r.items()) if k != "origin"} if isinstance(r, dict) else r for r in rules]
+
+
+def _data(run: dict[str, Any]) -> Any:
+    """--data NAME=PATH as given (an imagefolder's with its ;classnames= / ;templates= files); no digest is recorded."""
+    data, options = _config("data")(run), _config("data_options")(run)
+    if data is _MISSING and options is _MISSING:
+        return _MISSING
+    data, options = data or {}, options or {}
+    return [";".join([f"{name}={data.get(name)}", *(f"{k}={v}" for k, v in sorted((options.get(name) or {}).items()))])
+            for name in sorted({*data, *options})]
+
+
+def _baseline(run: dict[str, Any]) -> Any:
+    base, names = _config("baseline")(run), _config("baseline_models")(run)
+    if base is _MISSING and names is _MISSING:
+        return _MISSING
+    return [*([] if base in (None, _MISSING) else [str(base)]), *(f"{k}={v}" for k, v in sorted((names or {}).items()))]
+
+
+def _models(run: dict[str, Any]) -> Any:
+    specs = _config("models")(run)
+    return sorted(map(str, specs)) if isinstance(specs, list) else specs
+
+
+def _shard_count(run: dict[str, Any]) -> Any:
+    shard = _config("shard")(run)
+    return shard if shard in (_MISSING, None) else shard[1]
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        return " ".join(map(str, value)) if any("," in str(v) for v in value) else ",".join(map(str, value)) or "none"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else f"sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _show_rules(rules: Any) -> str:
+    if not isinstance(rules, list):
+        return _show(rules)
+    digest = hashlib.sha256(json.dumps(rules, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{len(rules)} rules (sha256 {digest})"
+
+
+# (what the sentence names, how a shard's run section gives it, how a value is shown, how to fix it)
+_SAME_OPTIONS = "re-run every shard with the same options"
+_RUN_SETTINGS: list[tuple[str, Any, Any, str]] = [
+    ("the shard count N of --shard I/N", _shard_count, _show,
+     "merge the reports of all shards of one --shard I/N run"),
+    ("--seed", lambda run: run.get("seed", _MISSING), _show, _SAME_OPTIONS),
+    ("--limit", _config("limit"), _show, _SAME_OPTIONS),
+    ("the device kind (--device)", _device_kind, _show, _SAME_OPTIONS),
+    ("--precision", _precision, _show, _SAME_OPTIONS),
+    ("--templates", _config("templates"), _show, _SAME_OPTIONS),
+    ("--thresholds (the gate rules)", _rules, _show_rules, _SAME_OPTIONS),
+    ("--data", _data, _show, _SAME_OPTIONS),
+    ("--baseline / --baseline-model", _baseline, _show, _SAME_OPTIONS),
+    ("--lmm", _config("lmms"), _show, _SAME_OPTIONS),
+    ("the harness's git commit", lambda run: run.get("git_commit", _MISSING), _show,
+     "re-run every shard from the same commit"),
+]
+# what a model two shards share must agree on (its run.models entry), compared where both record it; the
+# spec is not (a checkpoint path may differ between machines): the weights' sha256 is
+_MODEL_FIELDS = ("arch", "sha256", "head", "precision", "preprocess")
+
+
+def _differs(values: list[tuple[Path, Any]]) -> bool:
+    return len({json.dumps(v, sort_keys=True, default=str) for _, v in values}) > 1
+
+
+def _differ(what: str, values: list[tuple[Path, Any]], show: Any = _show, fix: str = _SAME_OPTIONS) -> MergeError:
+    """One sentence: the setting, each value with the shards that hold it, and the fix."""
+    groups: dict[str, list[str]] = {}
+    for path, value in values:
+        groups.setdefault(json.dumps(value, sort_keys=True, default=str), []).append(str(path))
+    shown = {key: show(json.loads(key)) for key in groups}
+    listed = ", ".join(f"{shown[key]} in {' and '.join(where)}" for key, where in groups.items())
+    return MergeError(f"shards differ in {what}: {listed}; {fix}")
+
+
+def _check_same_run(reports: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Shards must be parts of one run: the merged report records one run section for all its rows."""
+    runs = [(path, data.get("run") or {}) for path, data in reports]
+    for what, read, show, fix in _RUN_SETTINGS:
+        values = [(p, v) for p, v in ((p, read(run)) for p, run in runs) if v is not _MISSING]  # older reports
+        if _differs(values):
+            raise _differ(what, values, show, fix)
+    seen: dict[tuple[int, int], Path] = {}
+    for path, data in reports:
+        shard = _shard_of(data)
+        if shard in seen:
+            raise MergeError(f"shard {shard[0]}/{shard[1]} is given twice (in {seen[shard]} and {path}); "
+                             "give each shard's report once")
+        if shard is not None:
+            seen[shard] = path
+    if seen:  # the shards of --shard I/N cut one selection of the same models; shards cut by --model differ
+        values = [(p, v) for p, v in ((p, _models(run)) for p, run in runs) if v is not _MISSING]
+        if _differs(values):
+            raise _differ("--model", values)
+    versions = [(path, run["versions"]) for path, run in runs if isinstance(run.get("versions"), dict)]
+    for package in sorted({k for _, v in versions for k in v}):
+        values = [(p, v.get(package)) for p, v in versions]
+        if _differs(values):
+            raise _differ(f"the version of {package}", values, fix="re-run every shard in the same environment")
+    for model_id in sorted({m for _, run in runs for m in (run.get("models") or {})}):
+        infos = [(p, (run.get("models") or {}).get(model_id)) for p, run in runs]
+        for field in _MODEL_FIELDS:
+            values = [(p, i[field]) for p, i in infos if isinstance(i, dict) and i.get(field) is not None]
+            if _differs(values):
+                raise _differ(f"the {'weights (sha256)' if field == 'sha256' else field} of model {model_id}",
+                              values, fix="re-run every shard with the same model and weights")
 
 
 def _check_shards_complete(reports: list[tuple[Path, dict[str, Any]]]) -> None:

@@ -152,8 +152,6 @@ def check_space_form(config: pytest.Config) -> None:
     """pytest chooses its rootdir (and ini file) before it knows a plugin's options, so in ``--baseline /x/r.json``
     it takes /x/r.json for a test path: the run then starts in /x, without the project's settings, and collects
     whatever tests are there (the harness's own, once). Refuse that case; ``--baseline=/x/r.json`` is read right."""
-    from pathlib import Path
-
     root, cwd = config.rootpath, config.invocation_params.dir
 
     def under_root(path: Path) -> bool:
@@ -193,15 +191,14 @@ def xdist_workers(config: pytest.Config) -> int:
 
 
 def _cache_dir(config: pytest.Config) -> Path | None:
-    value = config.getoption("rb_cache")
-    if value == "off":
-        return None
-    if value:
-        return Path(value).expanduser().resolve()
-    cache = getattr(config, "cache", None)
-    if cache is not None:
-        return Path(cache.mkdir("rb-embeddings"))
-    return config.rootpath / ".pytest_cache" / "d" / "rb-embeddings"
+    from clip_robustness.plugins.config import parse_embedding_cache
+
+    def default() -> Path:
+        cache = getattr(config, "cache", None)
+        return Path(cache.mkdir("rb-embeddings")) if cache is not None else \
+            config.rootpath / ".pytest_cache" / "d" / "rb-embeddings"
+
+    return parse_embedding_cache(config.getoption("rb_cache"), default)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

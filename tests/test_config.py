@@ -227,10 +227,168 @@ def test_data_names_and_imagefolder_options_are_checked_at_start(tmp_path):
 
     with pytest.raises(ConfigError, match=r"--data imagenett=\.\.\.: unknown dataset name; did you mean 'imagenet'\?"):
         build(f"imagenett={tmp_path}")
-    (tmp_path / "d" / "cat").mkdir(parents=True)
-    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "cat" / "a.png")
+    for animal in ("cat", "dog"):  # a one-class set is refused at start
+        (tmp_path / "d" / animal).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "d" / animal / "a.png")
     (tmp_path / "t.txt").write_text("a {c}.\n")
     config = build(f"imagefolder:pets={tmp_path / 'd'};templates={tmp_path / 't.txt'}")
     assert config.data == {"imagefolder:pets": tmp_path / "d"}
     assert config.data_options == {"imagefolder:pets": {"templates": tmp_path / "t.txt"}}
     assert config.to_json()["data_options"] == {"imagefolder:pets": {"templates": str(tmp_path / "t.txt")}}
+
+
+def _pyproject(tmp_path, body):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.robustness]\n{body}\n")
+    return f"{tmp_path / 'pyproject.toml'} [tool.robustness]"
+
+
+@pytest.mark.parametrize("body, sentence", [
+    ('models = "embedded:rn-clip"',
+     'models must be a list of strings, e.g. models = ["embedded:rn-clip"]; got a string'),
+    ('templates = "single"',
+     'templates must be a list of strings, e.g. templates = ["openai", "single"]; got a string'),
+    ('lmms = "embedded"', 'lmms must be a list of strings, e.g. lmms = ["embedded"]; got a string'),
+    ('models = [1, 2]',
+     'models must be a list of non-empty strings, e.g. models = ["embedded:rn-clip"]; got 1 (an integer) in it'),
+    ('templates = [1]', "templates must be a list of non-empty strings, e.g. templates = "
+                        '["openai", "single"]; got 1 (an integer) in it'),
+    ('models = []', "models = [] selects no model; remove the key for the embedded zoo's factor models, "
+                    'or list them, e.g. models = ["embedded:rn-clip"]'),
+    ('templates = []', "templates = [] selects no template set; remove the key for the default template sets "
+                       '(openai and single), or list them, e.g. templates = ["openai", "single"]'),
+    ('lmms = []', "lmms = [] selects no LMM; remove the key for the embedded LMMs on the run's models, or list "
+                  'them, e.g. lmms = ["embedded"]'),
+    ('strict = "false"', "strict must be true or false (a TOML boolean, without quotes); got a string 'false'"),
+    ('strict = 1', "strict must be true or false (a TOML boolean, without quotes); got an integer 1"),
+    ('thresholds = {property="accuracy"}', "thresholds must be a list of tables, one [[tool.robustness.thresholds]] "
+                                           "block per rule; got a table"),
+    ('thresholds = ["accuracy"]', "pyproject.toml [tool.robustness] thresholds[0]: each threshold must be a "
+                                  "table/object (property, metric and a bound), got a string 'accuracy'"),
+    ('model = ["embedded:rn-clip"]', "unknown key(s) ['model']; allowed: ['lmms', 'models', 'strict', 'templates', "
+                                     "'thresholds']"),
+])
+def test_pyproject_keys_are_type_checked(tmp_path, body, sentence):
+    """QA 1: a string where a list belongs was read one character at a time, `strict = "false"` was true,
+    `models = [1, 2]` and `templates = [1]` were tracebacks, `models = []` silently ran the whole zoo."""
+    where = _pyproject(tmp_path, body)
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, models=[])
+    message = str(err.value)
+    assert message.endswith(sentence) and (message.startswith(where) or "thresholds[0]" in sentence)
+    assert "\n" not in message
+
+
+def test_pyproject_values_of_the_right_type_are_read(tmp_path):
+    _pyproject(tmp_path, 'models = ["world-rn-tiny:random"]\ntemplates = ["single"]\nstrict = false\n'
+                         'lmms = ["embedded"]')
+    cfg = _build(tmp_path, models=[])
+    assert ([m.id for m in cfg.models], cfg.templates, cfg.strict, cfg.lmms) == (
+        ["world-rn-tiny:random"], ("single",), False, ("embedded",))
+    _pyproject(tmp_path, "strict = true")
+    assert _build(tmp_path).strict is True
+
+
+def _rule(tmp_path, body, metric="top1", prop="accuracy"):
+    path = tmp_path / "t.toml"
+    path.write_text(f'[[thresholds]]\nproperty="{prop}"\nmetric="{metric}"\n{body}\n')
+    return path
+
+
+@pytest.mark.parametrize("body, metric, sentence", [
+    ("min = nan", "top1", "min = nan is not a finite number, so the rule can never be decided; give a number on "
+                          "the metric's scale, e.g. min = 0.9"),
+    ("max = inf", "top1", "max = inf is not a finite number"),
+    ("max_drop = nan", "top1", "max_drop = nan is not a finite number, so the rule can never be decided; give a "
+                               "number on the metric's scale, e.g. max_drop = 0.02"),
+    ("min = 0.9\nmax = 0.5", "top1", "min = 0.9 is above max = 0.5, so no value can meet both; swap them or fix the "
+                                     "one that is wrong"),
+    ("min = 90", "top1", "min = 90 is outside the range 0..1 of top1, so the rule is never met; give a bound within "
+                         "0..1 (a percentage? write 0.9 for 90%)"),
+    ("max = -0.1", "ece", "max = -0.1 is outside the range 0..1 of ece, so the rule is never met; give a bound "
+                          "within 0..1"),
+    ("min = -2", "top1", "min = -2 is outside the range 0..1 of top1, so the rule is always met"),
+    ("min = 1.5", "top*", "min = 1.5 is outside the range 0..1 of top1, so the rule is never met"),
+    ("max_drop = 2", "top1", "max_drop = 2 is not below the whole range 0..1 of top1, so no drop can exceed it; "
+                             "give a tolerance in metric units below 1 (a percentage? write 0.02 for 2 points)"),
+    ("max_drop = 2", "lmm_gain", "max_drop = 2 is not below the whole range -1..1 of lmm_gain, so no drop can "
+                                 "exceed it; give a tolerance in metric units below 2"),
+])
+def test_impossible_bounds_are_refused_when_read(tmp_path, body, metric, sentence):
+    """QA 2: `min = nan` made every cell 'straddle the bound nan' (exit 0); min > max and a percent-scale bound
+    on a 0..1 metric failed every cell."""
+    path = _rule(tmp_path, body, metric=metric)
+    with pytest.raises(ConfigError) as err:
+        load_thresholds_file(path)
+    assert str(err.value).startswith(f"{path}[0]: ") and sentence in str(err.value)
+
+
+@pytest.mark.parametrize("body, metric", [
+    ("min = 0.9\nmax = 0.9", "top1"), ("min = 0", "top1"), ("max = 1", "ece"), ("min = 1.5", "relative_top*"),
+    ("min = 4.0", "*"), ("max_drop = 0.5", "top1"), ("max_drop = 50", "nll"), ("min = 0.9", "top1"),
+])
+def test_bounds_within_the_metric_range_are_accepted(tmp_path, body, metric):
+    assert load_thresholds_file(_rule(tmp_path, body, metric=metric))
+
+
+def test_the_package_defaults_pass_the_bound_checks():
+    from clip_robustness.plugins.config import DEFAULT_THRESHOLDS
+
+    assert load_thresholds_file(DEFAULT_THRESHOLDS)
+
+
+@pytest.mark.parametrize("given, sentence", [
+    (["openai", "openai"], "--templates: the same template set is given twice: 'openai'; give each set once"),
+    (["single", "simple", "single"], "--templates: the same template set is given twice: 'single'"),
+])
+def test_repeated_template_set_is_refused(tmp_path, given, sentence):
+    """QA 4: a repeated --templates measured and reported every prompt-factor cell twice."""
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, templates=given)
+    assert str(err.value).startswith(sentence)
+
+
+def test_two_template_files_of_one_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p.txt").write_text("a {c}.\n")
+    a, b = str(tmp_path / "a" / "p.txt"), str(tmp_path / "b" / "p.txt")
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, templates=[a, b])
+    assert str(err.value) == f"--templates: {a!r} and {b!r} both name their cells 'p'; rename one of the files"
+    assert _build(tmp_path, templates=[a, "openai"]).templates == (a, "openai")
+
+
+@pytest.mark.parametrize("value", ["/tmp/fixcfg-nosuch/p.txt", "prompts.txt", "cfg/prompts"])
+def test_a_template_path_that_does_not_exist_says_so(tmp_path, value):
+    """QA 6: `--templates=/tmp/nosuch.txt` said 'unknown template set'."""
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, templates=[value])
+    assert str(err.value) == (f"--templates: template file {value!r} does not exist; pass an existing text file "
+                              "with one template per line containing '{c}', or a set name: openai, simple, single")
+    with pytest.raises(ConfigError, match="unknown template set 'opnai'"):
+        _build(tmp_path, templates=["opnai"])
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_report_dir_is_refused(tmp_path, value):
+    """QA 5: `--report-dir=` wrote the report into the current folder."""
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, report_dir=value)
+    assert str(err.value) == "--report-dir is empty; pass the folder for the report, e.g. --report-dir=reports " \
+                             "(the default)"
+
+
+def test_embedding_cache_option(tmp_path):
+    """QA 5: `--embedding-cache=` silently used the default and `--embedding-cache=OFF` made a folder named OFF."""
+    from clip_robustness.plugins.config import parse_embedding_cache
+
+    default = tmp_path / "default"
+    assert parse_embedding_cache(None, lambda: default) == default
+    for off in ("off", "OFF", "Off", " off "):
+        assert parse_embedding_cache(off, lambda: default) is None
+    assert parse_embedding_cache(str(tmp_path / "c"), lambda: default) == tmp_path / "c"
+    for empty in ("", " "):
+        with pytest.raises(ConfigError) as err:
+            parse_embedding_cache(empty, lambda: default)
+        assert str(err.value) == ("--embedding-cache is empty; pass a folder, or off to disable the cache "
+                                  "(leave the option out for .pytest_cache/d/rb-embeddings)")

@@ -40,6 +40,23 @@ def test_nan_value_fails_not_passes():
     assert gate["verdict"] == "fail" and "undefined" in gate["message"]
 
 
+def test_a_value_whose_interval_could_not_be_computed_decides_no_bound():
+    """One OOD image (or --limit 1) gives AUROC 1.0 with no interval: that passed the gate before. A row without
+    an interval by design (a fitted temperature has none, and no ci_note) is still judged on its value."""
+    row = {**ROW, "value": 0.0, "ci": None, "n": 1,
+           "extra": {"ci_note": "no confidence interval: a bootstrap needs at least 2 items per group to resample "
+                                "and there is 1; give more images (or a larger --limit)"}}
+    gate = bound_verdict(row, Threshold("calibration", "ece", max=0.05))
+    assert gate["verdict"] == "inconclusive"
+    assert gate["message"] == ("ece=0 has no confidence interval for embedded:rn-clip on world:test under "
+                               "templates=single (no confidence interval: a bootstrap needs at least 2 items per group "
+                               "to resample and there is 1; give more images (or a larger --limit)), so its bound "
+                               "cannot be decided.")
+    assert bound_verdict({**row, "value": 0.2}, Threshold("calibration", "ece", max=0.05))["verdict"] == "inconclusive"
+    by_design = {**ROW, "metric": "temperature", "value": 1.4, "ci": None}
+    assert bound_verdict(by_design, Threshold("calibration", "temperature", max=2.0))["verdict"] == "pass"
+
+
 def test_last_matching_rule_wins():
     rules = [Threshold("calibration", "ece", max=0.05, origin="pyproject"),
              Threshold("calibration", "ece", model="embedded:*", max=0.1, origin="cli"),
@@ -75,17 +92,42 @@ def test_rule_audit_counts_cells_and_tells_typos_from_rules_for_other_runs():
     assert usage["g[1]"]["status"] == "unmatched"
     assert usage["g[1]"]["note"] == ("dataset 'world:tset' matches none of the 2 calibration cells of '*' "
                                      "(did you mean 'world:test'?)")
-    assert (usage["g[2]"]["status"], usage["g[2]"]["note"]) == (
-        "not applicable", "no model of this run matches 'embeded:*' (did you mean 'embedded:*'?)")
+    assert (usage["g[2]"]["status"], usage["g[2]"]["note"]) == (  # a model typo warns as a dataset typo does
+        "unmatched", "model 'embeded:*' matches none of this run's models (did you mean 'embedded:*'?)")
     assert usage["g[3]"]["status"] == "not applicable" and "no 'ood' cell" in usage["g[3]"]["note"]
     assert usage["g[4]"]["status"] == "not applicable" and "needs --baseline" in usage["g[4]"]["note"]
-    assert result["failures"] == [] and len(result["warnings"]) == 1 and "g[1] matched no cell" in result["warnings"][0]
+    assert result["failures"] == [] and len(result["warnings"]) == 2
+    assert "g[1] matched no cell" in result["warnings"][0] and "g[2] matched no cell" in result["warnings"][1]
     assert usage["g[6]"]["status"] == "not applicable" and usage["g[6]"]["note"] == (
         "no 'imagenet-r' cell was measured in this run")
     strict = audit(rules, rows, baseline=None, strict=True)
-    assert strict["failures"] == [f"threshold rule g[1] matched no cell: {usage['g[1]']['note']}."]
+    assert strict["failures"] == [f"threshold rule g[{i}] matched no cell: {usage[f'g[{i}]']['note']}." for i in (1, 2)]
     selected = audit(rules, rows, baseline=None, strict=True, selection=True)  # -k may have deselected its cells
     assert selected["failures"] == [] and "a -k/-m selection is active" in selected["warnings"][0]
+
+
+def test_a_near_miss_model_name_warns_unless_it_names_another_known_model():
+    """QA 7: `model = "embedded:rn-clp"` in a run of embedded:rn-clip was only a 'not applicable' line with exit 0.
+    A close name that names no known model is a typo (a warning, failing under --rb-strict); a close name that
+    is another zoo model or a spec of a known architecture is a rule for another run (not applicable)."""
+    from clip_robustness.plugins.gates import audit
+
+    rules = [Threshold("accuracy", "top1", model="embedded:rn-clp", min=0.5, origin="t[0]"),
+             Threshold("accuracy", "top1", model="embedded:rn-clip-narrow", min=0.5, origin="t[1]"),
+             Threshold("accuracy", "top1", model="ViT-H-14:openai", min=0.5, origin="t[2]")]
+    cell = {**ROW, "property": "accuracy", "metric": "top1", "condition": "", "gate": None, "extra": {}}
+    rows = [{**cell, "model": "embedded:rn-clip", "gate": {"kind": "bound", "verdict": "pass", "rule": "x"}},
+            {**cell, "model": "ViT-L-14:openai"}]
+    result = audit(rules, rows, baseline=None, strict=True)
+    usage = {r["origin"]: r for r in result["rules"]}
+    assert (usage["t[0]"]["status"], usage["t[0]"]["note"]) == (
+        "unmatched", "model 'embedded:rn-clp' matches none of this run's models (did you mean 'embedded:rn-clip'?)")
+    assert result["failures"] == ["threshold rule t[0] matched no cell: model 'embedded:rn-clp' matches none of "
+                                  "this run's models (did you mean 'embedded:rn-clip'?)."]
+    assert usage["t[1]"]["status"] == usage["t[2]"]["status"] == "not applicable"
+    assert "did you mean 'embedded:rn-clip'?" in usage["t[1]"]["note"]  # still said, but no warning
+    lax = audit(rules, rows, baseline=None, strict=False)
+    assert lax["warnings"] == [result["failures"][0][:-1] + " (--rb-strict fails the run on it)."]
 
 
 def test_baseline_usage_per_model_and_zero_comparisons_fail():

@@ -2,9 +2,15 @@
 --shard I/N (and merging the shards)."""
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +221,126 @@ def test_merge_refuses_a_missing_shard(tmp_path, capsys):
     assert merge_main([str(tmp_path / "a" / "robustness.json"), str(tmp_path / "b" / "robustness.json"),
                        "--out", str(tmp_path / "out")]) == 2
     assert "shard 2/3 of the --shard I/3 run is missing" in capsys.readouterr().err
+
+
+
+@pytest.fixture(scope="module")
+def real_shards(tmp_path_factory) -> list[Path]:
+    """The report folders of a real ``--shard 1/2``, ``--shard 2/2`` pair (MODEL_TESTS on the random model)."""
+    root = tmp_path_factory.mktemp("real_shards")
+    (root / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = ['--strict-markers']\n")
+    (root / "test_model.py").write_text(MODEL_TESTS)  # both shards load the model: its run.models entry is filled in
+    for i in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q",
+             f"--embedding-cache={root / '.emb'}", f"--model={RANDOM_MODEL}", f"--report-dir={root / f'shard{i}'}",
+             f"--shard={i}/2"], cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+            timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return [root / "shard1", root / "shard2"]
+
+
+def _shard_copies(real_shards: list[Path], tmp_path: Path, edit=None) -> list[str]:
+    """Copies of the real shard folders, shard 2's run section passed through ``edit``; their robustness.json."""
+    paths = []
+    for i, folder in enumerate(real_shards, 1):
+        shutil.copytree(folder, tmp_path / f"s{i}")
+        paths.append(tmp_path / f"s{i}" / "robustness.json")
+    if edit:
+        report = json.loads(paths[1].read_text())
+        edit(report["run"])
+        paths[1].write_text(json.dumps(report))
+    return [str(p) for p in paths]
+
+
+def _set_model(run, **fields):
+    for info in run["models"].values():
+        info.update(fields)
+
+
+@pytest.mark.parametrize("edit, sentence", [
+    (lambda run: run["config"].update(models=["embedded:vit-clip"]),
+     "--model: {m} in {1}, embedded:vit-clip in {2}"),
+    (lambda run: _set_model(run, sha256="0" * 64), "the weights (sha256) of model {m}: {sha} in {1}, {zeros} in {2}"),
+    (lambda run: run["config"].update(limit=40), "--limit: none in {1}, 40 in {2}"),
+    (lambda run: run.update(seed=1), "--seed: 0 in {1}, 1 in {2}"),
+    (lambda run: (run["config"].update(precision="bf16"), _set_model(run, precision="bf16")),
+     "--precision: fp32 in {1}, bf16 in {2}"),
+    (lambda run: (run.update(device="cuda:0"), run["config"].update(device="cuda")),
+     "the device kind (--device): cpu in {1}, cuda in {2}"),
+    (lambda run: run["config"].update(templates=["simple"]), "--templates: openai,single in {1}, simple in {2}"),
+    (lambda run: run["config"]["thresholds"][0].update(min=0.5),
+     "--thresholds (the gate rules): * rules (sha256 *) in {1}, * rules (sha256 *) in {2}"),
+    (lambda run: run["config"].update(data={"imagenet": "/data/imagenet"}),
+     "--data: none in {1}, imagenet=/data/imagenet in {2}"),
+    (lambda run: run["config"].update(baseline="base/robustness.json"),
+     "--baseline / --baseline-model: none in {1}, base/robustness.json in {2}"),
+    (lambda run: run["config"].update(lmms=["embedded:world-llava"]),
+     "--lmm: none in {1}, embedded:world-llava in {2}"),
+    (lambda run: run["config"].update(shard=[2, 3]), "the shard count N of --shard I/N: 2 in {1}, 3 in {2}; merge *"),
+    (lambda run: run.update(git_commit="0" * 40),
+     "the harness's git commit: {commit} in {1}, {zeros40} in {2}; re-run every shard from the same commit"),
+    (lambda run: run["versions"].update(torch="0.0.1"),
+     "the version of torch: {torch} in {1}, 0.0.1 in {2}; re-run every shard in the same environment"),
+], ids=["models", "weights", "limit", "seed", "precision", "device", "templates", "thresholds", "data", "baseline",
+        "lmm", "shard-count", "git-commit", "versions"])
+def test_merge_refuses_shards_of_different_runs(real_shards, tmp_path, capsys, edit, sentence):
+    from clip_robustness.plugins.merge import main as merge_main
+
+    paths = _shard_copies(real_shards, tmp_path, edit)
+    run = json.loads(Path(paths[0]).read_text())["run"]
+    [model] = run["models"]
+    expected = sentence.format(paths[0], paths[0], paths[1], m=run["config"]["models"][0], zeros="0" * 64,
+                               zeros40="0" * 40, sha=run["models"][model].get("sha256"),
+                               commit=run["git_commit"] or "none", torch=run["versions"]["torch"])
+    assert merge_main([*paths, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert fnmatch.fnmatch(err.strip(), f"error: shards differ in {expected}*"), err
+    assert err.count("\n") == 1  # one sentence
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_a_shard_given_twice(real_shards, tmp_path, capsys):
+    from clip_robustness.plugins.merge import main as merge_main
+
+    first, second = _shard_copies(real_shards, tmp_path)
+    assert merge_main([first, first, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {first} is given twice; give each shard's report once\n"
+    shutil.copytree(Path(first).parent, tmp_path / "copy")
+    copy = str(tmp_path / "copy" / "robustness.json")
+    assert merge_main([first, second, copy, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: shard 1/2 is given twice (in {first} and {copy}); give each " \
+                                      "shard's report once\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_allows_what_differs_between_the_jobs_of_one_run(real_shards, tmp_path, capsys):
+    from clip_robustness.plugins.merge import main as merge_main
+
+    def other_job(run):
+        run["config"].update(report_dir="/elsewhere", cache_dir=None, threads=3, batch_size=64, device="auto",
+                             precision="fp32", thresholds_file="ci/gates.toml", strict=True)
+        for rule in run["config"]["thresholds"]:
+            rule["origin"] = "ci/" + rule["origin"]
+        run.update(platform="another machine", threads=3, started_at="2030-01-01T00:00:00+00:00")
+
+    paths = _shard_copies(real_shards, tmp_path, other_job)
+    assert merge_main([*paths, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+
+    # shards cut by --model (no --shard) measure different models of one run
+    paths = _shard_copies(real_shards, tmp_path / "by_model")
+    data = json.loads(Path(paths[1]).read_text())
+    data["run"]["config"].update(models=["embedded:vit-clip"])
+    data["run"]["models"] = {"embedded:vit-clip": {"status": "measured", "arch": "world-vit-tiny", "sha256": "0" * 64}}
+    Path(paths[1]).write_text(json.dumps(data))
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        data["run"]["config"]["shard"] = None
+        Path(path).write_text(json.dumps(data))
+    assert merge_main([*paths, "--out", str(tmp_path / "out2")]) == 0, capsys.readouterr().err
+    merged = json.loads((tmp_path / "out2" / "robustness.json").read_text())
+    assert sorted(merged["run"]["models"]) == sorted([*json.loads(Path(paths[0]).read_text())["run"]["models"],
+                                                      "embedded:vit-clip"])
 
 
 MODEL_TESTS = '''
