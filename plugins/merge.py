@@ -11,9 +11,14 @@ Before any row is read, the shards must be parts of one run (``_check_same_run``
 options (limit, seed, precision, device kind, templates, threshold rules, data, baseline, LMMs), the
 same harness commit and package versions, the same weights for a model two shards share, and, for
 ``--shard I/N`` runs, the same models and N with every shard given once. Shards cut by model
-(``pytest --model A`` / ``--model B``, no ``--shard``) may differ in their models only. What legitimately
+(``pytest --model A`` / ``--model B``, no ``--shard``) may differ in their models only; ``--shard I/N`` runs must
+also have cut the same test selection (-k, -m, file arguments: ``run.config.selection``). What legitimately
 differs between the jobs of one run is not compared: report and cache folders, threads, batch size,
 the thresholds file's path (its rules are compared), platform, times and run ids.
+
+The merged run section is the whole run's: what the report session derives from rows (the rule and baseline
+audit ``gates``, each model's status) is recomputed from the merged rows by the same functions, and what is
+per shard (problems, cache counters, wall time) is combined over the shards.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_robustness.fixtures._io import atomic_write_text
-from clip_robustness.plugins.report import new_run_id, sort_rows
+from clip_robustness.plugins.report import model_status, new_run_id, problem_list, sort_rows
 from clip_robustness.plugins.rows import KEY_FIELDS, ReportError, load_report, row_key
 
 
@@ -40,6 +45,14 @@ def shard_positions(keys: list[tuple[str, str]], index: int, count: int) -> set[
     order = sorted(range(len(keys)), key=lambda i: keys[i])
     lo, hi = (index - 1) * len(keys) // count, index * len(keys) // count
     return set(order[lo:hi])
+
+
+def selection_record(test_ids: list[str]) -> dict[str, Any]:
+    """run.config.selection: how many tests the command line selected (-k, -m, file arguments, deselection)
+    before the --shard cut, and the sha256 of their sorted ids: every shard of one run records the same,
+    as does an unsharded run of the same options. The report session adds whether -k/-m/a node id narrowed it."""
+    ids = sorted(test_ids)
+    return {"tests": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
 
 class MergeError(ValueError):
@@ -76,21 +89,25 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
             origin.setdefault(key, path)
             if row.get("samples"):
                 _copy_samples(path.parent / row["samples"], out_dir / row["samples"])
+    merged_rows = sort_rows(list(rows.values()))
     first = reports[0][1]["run"]
+    config = {**(first.get("config") or {}), "shard": None}  # the merged report is the whole run
     models: dict[str, Any] = {}
-    for _, data in reports:
+    for _, data in reports:  # a model's info from every shard that listed it; its status is recomputed below
         for model_id, info in (data["run"].get("models") or {}).items():
-            # a model one shard measured and another did not run ("not measured") is measured
-            if model_id not in models or _status_rank(info) > _status_rank(models[model_id]):
-                models[model_id] = info
+            models.setdefault(model_id, {}).update(info)
+    names = {path: _rule_names(data["run"], first) for path, data in reports}
+    problems = problem_list([p for _, d in reports for p in d["run"].get("problems") or []])
+    caches = [d["run"].get("cache") or {} for _, d in reports]  # hits, misses, replayed
     run = {
         **first,
-        "config": {**(first.get("config") or {}), "shard": None},  # the merged report is the whole run
+        "config": config,
         "wall_time_s": sum(d["run"].get("wall_time_s") or 0 for _, d in reports),
-        "cache": {k: sum((d["run"].get("cache") or {}).get(k, 0) for _, d in reports) for k in ("hits", "misses")},
-        "models": dict(sorted(models.items())),
+        "cache": {k: sum(c.get(k, 0) for c in caches) for k in sorted({"hits", "misses"}.union(*caches))},
+        "models": model_status(models, problems, merged_rows),
+        "gates": _gate_audit(config, [_named(row, names[origin[key]]) for key, row in rows.items()]),
         "run_id": new_run_id(),  # the merged report is a new unit; each shard's id is under "shards"
-        "problems": [p for _, d in reports for p in d["run"].get("problems") or []],
+        "problems": problems,
         "shards": [{"path": str(p), "run_id": d["run"].get("run_id"), "git_commit": d["run"].get("git_commit"),
                     "started_at": d["run"].get("started_at"), "rows": len(d["results"]),
                     "shard": _shard_of(d)} for p, d in reports],
@@ -98,13 +115,44 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     from clip_robustness.plugins.export import report_text, strict_report, write_csv
 
     # a shard written before reports were strict JSON may hold NaN
-    merged = strict_report({"run": run, "results": sort_rows(list(rows.values()))})
+    merged = strict_report({"run": run, "results": merged_rows})
     atomic_write_text(out_dir / "robustness.json", report_text(merged))
     write_csv(merged, out_dir / "robustness.csv")
     from clip_robustness.plugins.html import write_html
 
     write_html(merged, out_dir / "robustness.html")
     return merged
+
+
+def _gate_audit(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """run.gates of the merged rows, as the report session computes it for a run's rows (ReportSession.gate_audit):
+    a rule's cells are spread over the shards, so no shard's audit says what it gated."""
+    from clip_robustness.plugins.config import Threshold
+    from clip_robustness.plugins.gates import audit
+
+    rules = [Threshold(**rule) for rule in config.get("thresholds") or []]
+    return audit(rules, rows, baseline=config.get("baseline"), strict=bool(config.get("strict")),
+                 selection=bool((config.get("selection") or {}).get("narrowed")))
+
+
+def _rule_names(run: dict[str, Any], first: dict[str, Any]) -> dict[str, str]:
+    """A shard's rule origins -> the first shard's: a job given --thresholds by another path names the same
+    rules (compared in order by _check_same_run) otherwise, and its rows' gates name them so."""
+    mine, theirs = ((r.get("config") or {}).get("thresholds") or [] for r in (run, first))
+    return {a.get("origin"): b.get("origin") for a, b in zip(mine, theirs) if a.get("origin") != b.get("origin")}
+
+
+def _named(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """The row as the audit reads it, its gates naming the first shard's rules (the written row is unchanged)."""
+    if not names:
+        return row
+
+    def named(gate: dict[str, Any]) -> dict[str, Any]:
+        return {**gate, "rule": names.get(gate.get("rule"), gate.get("rule"))}
+
+    extra = row.get("extra") or {}
+    gates = {"gates": [named(g) for g in extra["gates"]]} if extra.get("gates") else {}
+    return {**row, "gate": row.get("gate") and named(row["gate"]), "extra": {**extra, **gates}}
 
 
 def _shard_of(report: dict[str, Any]) -> tuple[int, int] | None:
@@ -177,6 +225,17 @@ def _baseline(run: dict[str, Any]) -> Any:
 def _models(run: dict[str, Any]) -> Any:
     specs = _config("models")(run)
     return sorted(map(str, specs)) if isinstance(specs, list) else specs
+
+
+def _selection(run: dict[str, Any]) -> Any:
+    """The tests selected before the --shard cut (selection_record); reports before it do not record it."""
+    selection = _config("selection")(run)
+    return {k: selection[k] for k in ("tests", "sha256")} if isinstance(selection, dict) else _MISSING
+
+
+def _show_selection(selection: dict[str, Any]) -> str:
+    count = selection["tests"]
+    return f"{count} test{'s' * (count != 1)} (sha256 {selection['sha256'][:12]})"
 
 
 def _shard_count(run: dict[str, Any]) -> Any:
@@ -257,6 +316,9 @@ def _check_same_run(reports: list[tuple[Path, dict[str, Any]]]) -> None:
         values = [(p, v) for p, v in ((p, _models(run)) for p, run in runs) if v is not _MISSING]
         if _differs(values):
             raise _differ("--model", values)
+        values = [(p, v) for p, v in ((p, _selection(run)) for p, run in runs) if v is not _MISSING]
+        if _differs(values):
+            raise _differ("the test selection (-k, -m, file arguments)", values, _show_selection)
     versions = [(path, run["versions"]) for path, run in runs if isinstance(run.get("versions"), dict)]
     for package in sorted({k for _, v in versions for k in v}):
         values = [(p, v.get(package)) for p, v in versions]
@@ -279,11 +341,6 @@ def _check_shards_complete(reports: list[tuple[Path, dict[str, Any]]]) -> None:
         if missing:
             raise MergeError(f"shard {', '.join(missing)} of the --shard I/{count} run is missing; merge the "
                              f"reports of all {count} shards (its tests would be missing from the merged report)")
-
-
-def _status_rank(info: dict[str, Any]) -> int:
-    status = str(info.get("status", "measured"))  # reports before run ids had measured models only
-    return 2 if status == "measured" else 1 if status.startswith("failed to load") else 0
 
 
 def _same_value(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -36,6 +36,9 @@ PROBLEM_KEY = "rb_problem"  # a failed load, errored or failed test, shipped lik
 # The report folder: these entries are the run's unit, swapped in together at session end (ReportSession._swap).
 REPORT_ENTRIES = {"robustness.json": "file", "robustness.csv": "file", "robustness.html": "file", "samples": "folder"}
 LOCK_NAME, STAGING_PREFIX, RUN_ID_FILE = ".robustness.lock", ".staging-", "RUN_ID"
+# run.config.selection: the tests the command line selected, before the --shard cut (clip_robustness.plugins.merge
+# selection_record); under xdist a worker writes it to SELECTION_FILE beside the suite signal for the controller
+SELECTION, SELECTION_FILE = pytest.StashKey[dict](), "selection.json"
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit-learn", "pillow", "transformers",
             "pytest", "pytest-xdist")  # the report's run.versions; also part of every result-cache key
 # How far per-sample float32 arrays of two runs of one model may differ and still be "the same numbers"
@@ -169,6 +172,38 @@ def collection_problem(report: Any) -> dict[str, Any]:
     return {"test": test_id(report.nodeid), "model": None, "kind": "error", "message": re.sub(r"^E\s+", "", lines[-1])}
 
 
+def narrowed_selection(pytest_config: Any) -> bool:
+    """Whether -k, -m or a node id narrowed the selection (a rule's cells may then be deselected)."""
+    option = pytest_config.option
+    return bool(getattr(option, "keyword", "") or getattr(option, "markexpr", "")
+                or any("::" in str(arg) for arg in pytest_config.args))
+
+
+def problem_list(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Problems in test order (stable under xdist); a load failure once per model, with the number of
+    tests it stopped (the sum over shards, for a merged report)."""
+    out: list[dict[str, Any]] = []
+    loads: dict[str, dict[str, Any]] = {}
+    for problem in sorted(problems, key=lambda p: (p["test"], p["kind"])):
+        if problem["kind"] == "load":
+            if problem["model"] in loads:
+                loads[problem["model"]]["tests"] += problem.get("tests", 1)
+                continue
+            problem = loads[problem["model"]] = {**problem, "tests": problem.get("tests", 1)}
+        out.append(problem)
+    return out
+
+
+def model_status(models: dict[str, dict[str, Any]], problems: list[dict[str, Any]],
+                 rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``run.models`` with each model's status, so a report never lists a model as measured that was not."""
+    failed = {p["model"]: p["message"] for p in problems if p["kind"] == "load"}
+    measured = {r["model"] for r in rows}
+    return {model_id: {**info, "status": f"failed to load: {failed[model_id]}" if model_id in failed
+                       else "measured" if model_id in measured else "not measured"}
+            for model_id, info in sorted(models.items())}
+
+
 class ReportSession:
     """Controller-side aggregator: collects rows, writes the JSON and HTML at session end."""
 
@@ -265,7 +300,7 @@ class ReportSession:
     def build(self) -> dict[str, Any]:
         device = self.config.device
         run = {
-            "config": self.config.to_json(),
+            "config": {**self.config.to_json(), "selection": self.selection()},
             "seed": self.config.seed,
             "versions": package_versions(),
             "device": device,
@@ -280,6 +315,14 @@ class ReportSession:
         }
         return {"run": run, "results": sort_rows(self.rows)}
 
+    def selection(self) -> dict[str, Any] | None:
+        """run.config.selection: the tests selected before the --shard cut, recorded where they were collected
+        (this process, or an xdist worker), and whether -k, -m or a node id narrowed them."""
+        found = self.pytest_config.stash.get(SELECTION, None)
+        if found is None and self._signal is not None and (self._signal.parent / SELECTION_FILE).is_file():
+            found = json.loads((self._signal.parent / SELECTION_FILE).read_text())
+        return None if found is None else {**found, "narrowed": narrowed_selection(self.pytest_config)}
+
     def _threads(self) -> int | None:
         from clip_robustness.plugins.state import THREADS
 
@@ -291,11 +334,9 @@ class ReportSession:
 
         if self._audit[0] != len(self.rows):
             baseline = None if self.config.baseline is None else str(self.config.baseline)
-            option = self.pytest_config.option
-            selection = bool(getattr(option, "keyword", "") or getattr(option, "markexpr", "")
-                             or any("::" in str(arg) for arg in self.pytest_config.args))
             self._audit = (len(self.rows), audit(self.config.thresholds, self.rows, baseline=baseline,
-                                                 strict=self.config.strict, selection=selection))
+                                                 strict=self.config.strict,
+                                                 selection=narrowed_selection(self.pytest_config)))
         return self._audit[1]
 
     def write_gate_summary(self, tr: Any) -> None:
@@ -358,31 +399,13 @@ class ReportSession:
         self.pytest_config.hook.pytest_robustness_report(report=data, config=self.pytest_config)
 
     def add_outcome(self, run: dict[str, Any]) -> None:
-        """Run id, problems and each model's status, so a report never lists a model as measured that was not."""
+        """Run id, problems and each model's status (a model that never loaded has no info, but is listed with why)."""
         problems = self.problem_list()
-        failed = {p["model"]: p["message"] for p in problems if p["kind"] == "load"}
-        measured = {r["model"] for r in self.rows}
-        models = {model_id: dict(info) for model_id, info in run["models"].items()}
-        for spec in self.config.models:  # a model that never loaded has no info, but is listed with why
-            models.setdefault(spec.id, {})
-        for model_id, info in models.items():
-            info["status"] = (f"failed to load: {failed[model_id]}" if model_id in failed
-                              else "measured" if model_id in measured else "not measured")
-        run.update(run_id=self.run_id, problems=problems, models=dict(sorted(models.items())))
+        models = {**{spec.id: {} for spec in self.config.models}, **run["models"]}
+        run.update(run_id=self.run_id, problems=problems, models=model_status(models, problems, self.rows))
 
     def problem_list(self) -> list[dict[str, Any]]:
-        """Problems in test order (stable under xdist); a load failure once per model, with the number of
-        tests it stopped."""
-        out: list[dict[str, Any]] = []
-        loads: dict[str, dict[str, Any]] = {}
-        for problem in sorted(self.problems, key=lambda p: (p["test"], p["kind"])):
-            if problem["kind"] == "load":
-                if problem["model"] in loads:
-                    loads[problem["model"]]["tests"] += 1
-                    continue
-                problem = loads[problem["model"]] = {**problem, "tests": 1}
-            out.append(problem)
-        return out
+        return problem_list(self.problems)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.paths:

@@ -149,22 +149,39 @@ VALUE_OPTIONS = ("--model", "--data", "--thresholds", "--baseline", "--baseline-
 
 
 def check_space_form(config: pytest.Config) -> None:
-    """pytest chooses its rootdir (and ini file) before it knows a plugin's options, so in ``--baseline /x/r.json``
-    it takes /x/r.json for a test path: the run then starts in /x, without the project's settings, and collects
-    whatever tests are there (the harness's own, once). Refuse that case; ``--baseline=/x/r.json`` is read right."""
-    root, cwd = config.rootpath, config.invocation_params.dir
-
-    def under_root(path: Path) -> bool:
-        return path == root or root in path.parents
-
+    """pytest chooses its root folder and ini file before it knows a plugin's options, so in ``--baseline /x/r.json``
+    it takes /x/r.json for a test path: the run then misses the project's pytest settings (testpaths, ...) and
+    collects whatever tests it finds (the harness's own, once). Refuse that case; ``--baseline=/x/r.json`` is read
+    right."""
+    cwd = config.invocation_params.dir
+    expected = _nearest_ini(cwd)
+    if expected is None or config.inipath == expected:
+        return  # the project's settings were read, or there are none to miss
+    root = config.rootpath
+    if config.inipath is not None and any(Path(cwd, a).resolve() == root or root in Path(cwd, a).resolve().parents
+                                          for a in config.args):
+        return  # the run's own test paths lie in another project, whose settings were read
     args = [str(a) for a in config.invocation_params.args]
-    explained = any(under_root(Path(cwd, a).resolve()) for a in config.args)  # the run's own test paths
     for option, value in zip(args, args[1:]):
-        if option in VALUE_OPTIONS and Path(cwd, value).exists() and under_root(Path(cwd, value).resolve()) \
-                and not explained:
+        if option in VALUE_OPTIONS and Path(cwd, value).exists():
             raise ConfigError(f"{option} {value}: pytest took this path for a test path when it chose the run's "
-                              f"root folder ({root}), before it knew {option} takes a value, so the run would start "
-                              f"there without this project's settings; write it as {option}={value}")
+                              f"root folder ({root}), before it knew {option} takes a value, so the run would miss "
+                              f"this project's settings ({expected.name}); write it as {option}={value}")
+
+
+def _nearest_ini(folder: Path) -> Path | None:
+    """The pytest configuration file pytest finds from ``folder`` upwards when nothing else points elsewhere."""
+    wanted = {"pytest.ini": "", ".pytest.ini": "", "pyproject.toml": "[tool.pytest", "tox.ini": "[pytest]",
+              "setup.cfg": "[tool:pytest]"}
+    for place in (folder, *folder.parents):
+        for name, section in wanted.items():
+            path = place / name
+            try:
+                if path.is_file() and section in path.read_text(encoding="utf-8", errors="replace"):
+                    return path
+            except OSError:
+                continue
+    return None
 
 
 def run_threads(config: pytest.Config, rb: RunConfig) -> tuple[int, str]:
@@ -271,16 +288,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marks = [m.name for m in item.iter_markers() if m.name in PROPERTIES]
         if len(set(marks)) > 1:
             raise pytest.UsageError(f"{item.nodeid}: one robustness property per test, found {sorted(set(marks))}")
+    from clip_robustness.plugins.merge import selection_record, shard_positions
+
+    record_selection(config, selection_record([test_id(item.nodeid) for item in items]))  # before the cut
     shard = config.stash[RB_CONFIG].shard
     if shard is not None:
-        from clip_robustness.plugins.merge import shard_positions
-
         group = [item.get_closest_marker("rb_model_group") for item in items]
         keys = [(str(g.args[0]) if g else "", test_id(item.nodeid)) for g, item in zip(group, items)]
         keep = shard_positions(keys, *shard)
         if len(keep) < len(items):
             config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i not in keep])
             items[:] = [item for i, item in enumerate(items) if i in keep]
+
+
+def record_selection(config: pytest.Config, selection: dict[str, Any]) -> None:
+    """For run.config.selection: kept in this process, and under xdist written for the controller (which
+    does not collect) beside the suite signal; every worker collects the same tests, so writes the same."""
+    from clip_robustness.fixtures._io import atomic_write_text
+    from clip_robustness.plugins.report import SELECTION, SELECTION_FILE
+
+    config.stash[SELECTION] = selection
+    signal = getattr(config, "workerinput", {}).get("rb_suite_signal")
+    if signal:
+        atomic_write_text(Path(signal).with_name(SELECTION_FILE), json.dumps(selection))
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist sends the worker's collection (node ids only) to the controller

@@ -189,7 +189,7 @@ def test_shards_split_every_test_once_and_keep_a_model_together():
             parse_shard(bad)
 
 
-def test_merged_shards_equal_one_run(pytester, run_harness):
+def test_merged_shards_equal_one_run(pytester, run_harness, capsys):
     from clip_robustness.plugins.merge import main as merge_main
     from tests.test_plugin import RECORDING_TESTS
 
@@ -204,11 +204,28 @@ def test_merged_shards_equal_one_run(pytester, run_harness):
         assert json.loads(shards[-1].read_text())["run"]["config"]["shard"] == [i, n]
     out = pytester.path / "merged"
     assert merge_main([*map(str, shards), "--out", str(out)]) == 0
-    full = json.loads((pytester.path / "full" / "robustness.json").read_text())["results"]
+    full = json.loads((pytester.path / "full" / "robustness.json").read_text())
     merged = json.loads((out / "robustness.json").read_text())
-    assert merged["results"] == full  # same cells, values, CIs and per-sample files
+    assert merged["results"] == full["results"]  # same cells, values, CIs and per-sample files
     assert merged["run"]["config"]["shard"] is None
     assert [s["shard"] for s in merged["run"]["shards"]] == [[1, 2], [2, 2]]
+    assert merged["run"]["gates"] == full["run"]["gates"]  # the rule audit of the whole run's rows
+    selection = full["run"]["config"]["selection"]
+    assert selection["tests"] == 4 and not selection["narrowed"]
+    assert all(json.loads(p.read_text())["run"]["config"]["selection"] == selection for p in shards)
+
+    # the selection is recorded before the cut, by the workers under xdist; -k cuts another selection
+    narrow = run_harness("--model", RANDOM_MODEL, "--report-dir", "narrow", "--shard", "1/2", "-k", "separation",
+                         "-n", "2")
+    narrow.assert_outcomes(passed=1)  # shard 1 of the 3 tests -k selects
+    narrow_path = pytester.path / "narrow" / "robustness.json"
+    narrowed = json.loads(narrow_path.read_text())["run"]["config"]["selection"]
+    assert (narrowed["tests"], narrowed["narrowed"]) == (3, True)
+    capsys.readouterr()
+    assert merge_main([str(narrow_path), str(shards[1]), "--out", str(pytester.path / "refused")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: shards differ in the test selection (-k, -m, file arguments): "
+                                              f"3 tests (sha256 {narrowed['sha256'][:12]}) in {narrow_path}, 4 tests")
+    assert not (pytester.path / "refused").exists()
 
 
 def test_merge_refuses_a_missing_shard(tmp_path, capsys):
@@ -228,7 +245,9 @@ def test_merge_refuses_a_missing_shard(tmp_path, capsys):
 def real_shards(tmp_path_factory) -> list[Path]:
     """The report folders of a real ``--shard 1/2``, ``--shard 2/2`` pair (MODEL_TESTS on the random model)."""
     root = tmp_path_factory.mktemp("real_shards")
-    (root / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = ['--strict-markers']\n")
+    (root / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = ['--strict-markers']\n"
+                                         "[[tool.robustness.thresholds]]\n"  # gates a cell of shard 2 only
+                                         'property = "accuracy"\nmetric = "top1"\ncondition = "k=2"\nmin = 0.1\n')
     (root / "test_model.py").write_text(MODEL_TESTS)  # both shards load the model: its run.models entry is filled in
     for i in (1, 2):
         done = subprocess.run(
@@ -277,13 +296,16 @@ def _set_model(run, **fields):
      "--baseline / --baseline-model: none in {1}, base/robustness.json in {2}"),
     (lambda run: run["config"].update(lmms=["embedded:world-llava"]),
      "--lmm: none in {1}, embedded:world-llava in {2}"),
+    (lambda run: run["config"]["selection"].update(tests=12, sha256="0" * 64),
+     "the test selection (-k, -m, file arguments): 3 tests (sha256 *) in {1}, 12 tests (sha256 000000000000) in {2}; "
+     "re-run every shard with the same options"),
     (lambda run: run["config"].update(shard=[2, 3]), "the shard count N of --shard I/N: 2 in {1}, 3 in {2}; merge *"),
     (lambda run: run.update(git_commit="0" * 40),
      "the harness's git commit: {commit} in {1}, {zeros40} in {2}; re-run every shard from the same commit"),
     (lambda run: run["versions"].update(torch="0.0.1"),
      "the version of torch: {torch} in {1}, 0.0.1 in {2}; re-run every shard in the same environment"),
 ], ids=["models", "weights", "limit", "seed", "precision", "device", "templates", "thresholds", "data", "baseline",
-        "lmm", "shard-count", "git-commit", "versions"])
+        "lmm", "selection", "shard-count", "git-commit", "versions"])
 def test_merge_refuses_shards_of_different_runs(real_shards, tmp_path, capsys, edit, sentence):
     from clip_robustness.plugins.merge import main as merge_main
 
@@ -341,6 +363,64 @@ def test_merge_allows_what_differs_between_the_jobs_of_one_run(real_shards, tmp_
     merged = json.loads((tmp_path / "out2" / "robustness.json").read_text())
     assert sorted(merged["run"]["models"]) == sorted([*json.loads(Path(paths[0]).read_text())["run"]["models"],
                                                       "embedded:vit-clip"])
+
+
+def test_merged_run_section_is_recomputed_from_the_merged_rows(real_shards, tmp_path):
+    """run.gates, the models' status, problems and cache counters are the whole run's: the fixture's rule for
+    k=2 gates a cell of shard 2 only (shard 1 alone calls it unmatched); a model that failed to load on both
+    shards is one problem with the tests it stopped on both."""
+    from clip_robustness.plugins.merge import main as merge_main
+
+    def fail_load(run):
+        run["models"]["embedded:vit-clip"] = {"status": "failed to load: boom"}
+        run["problems"].append({"test": f"test_model.py::t[vit-{len(run['problems'])}]", "model": "embedded:vit-clip",
+                                "kind": "load", "message": "boom", "tests": 2})
+
+    paths = _shard_copies(real_shards, tmp_path, fail_load)
+    first = json.loads(Path(paths[0]).read_text())
+    fail_load(first["run"])
+    Path(paths[0]).write_text(json.dumps(first))
+    shards = [json.loads(Path(p).read_text())["run"] for p in paths]
+
+    def k2(run):
+        return next(r for r in run["gates"]["rules"] if r["condition"] == "k=2")
+
+    assert [(k2(run)["gated"], k2(run)["status"]) for run in shards] == [(0, "unmatched"), (1, "applied")]
+    assert merge_main([*paths, "--out", str(tmp_path / "out")]) == 0
+    run = json.loads((tmp_path / "out" / "robustness.json").read_text())["run"]
+    assert (k2(run)["gated"], k2(run)["status"], k2(run)["note"]) == (1, "applied", "")
+    assert not any("k=2" in line for line in run["gates"]["warnings"]), run["gates"]["warnings"]
+    assert run["models"][RANDOM_MODEL]["status"] == "measured"
+    assert run["models"]["embedded:vit-clip"]["status"] == "failed to load: boom"
+    assert [(p["model"], p["tests"]) for p in run["problems"]] == [("embedded:vit-clip", 4)]
+    assert run["cache"] == {k: sum(s["cache"][k] for s in shards) for k in shards[0]["cache"]}
+    _assert_valid(run)
+
+    # shard 2's job was given its thresholds file by another path: its rules and its rows' gates name it so
+    second = json.loads(Path(paths[1]).read_text())
+    for rule in second["run"]["config"]["thresholds"]:
+        rule["origin"] = "ci/" + rule["origin"]
+    for row in second["results"]:
+        for gate in [row.get("gate") or {}, *((row.get("extra") or {}).get("gates") or [])]:
+            if gate.get("rule"):
+                gate["rule"] = "ci/" + gate["rule"]
+    Path(paths[1]).write_text(json.dumps(second))
+    assert merge_main([*paths, "--out", str(tmp_path / "out2")]) == 0
+    run = json.loads((tmp_path / "out2" / "robustness.json").read_text())["run"]
+    assert (k2(run)["gated"], k2(run)["status"]) == (1, "applied")
+
+
+def _assert_valid(run):
+    import jsonschema
+
+    from clip_robustness.plugins.export import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors({"run": run, "results": []})) == []
+    selection = run["config"]["selection"]
+    assert selection["tests"] == 3 and len(selection["sha256"]) == 64 and selection["narrowed"] is False
+    bad = {**run, "config": {**run["config"], "selection": {**selection, "sha256": "abc"}}}
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors({"run": bad, "results": []}))
 
 
 MODEL_TESTS = '''
