@@ -166,7 +166,8 @@ def run_inputs(rb: Any, cache: Any = None) -> dict[str, Any]:
     templates = []
     for name in rb.templates:
         path = Path(name)
-        templates.append(file_fingerprint(path, cache) if path.is_file() else name)
+        # a file by its content and by the name the cells' conditions carry (a replay must name this run's file)
+        templates.append([name, file_fingerprint(path, cache)] if path.is_file() else name)
     return {
         "version": RESULT_VERSION, "seed": rb.seed, "limit": rb.limit, "templates": templates,
         "precision": rb.precision, "device": rb.device.split(":")[0],

@@ -357,6 +357,27 @@ def test_the_key_reads_the_models_labels():
     assert plain["embedded:rn-clip"] == replay.model_fingerprint(parse_model_spec("embedded:rn-clip"))  # kept
 
 
+def test_the_key_reads_a_template_files_name_as_well_as_its_content(tmp_path):
+    """Two files of one content under two paths: the cells' conditions name the path, so a replay of the other
+    path's stored result named a file this run never used."""
+    from types import SimpleNamespace
+
+    from clip_robustness.plugins import replay
+
+    for folder in ("t1", "t2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p.txt").write_text("a photo of a {c}.\n")
+
+    def key(path):
+        return replay.run_inputs(SimpleNamespace(templates=(str(path),), seed=0, limit=None, precision="auto",
+                                                 device="cpu", data={}, data_options={}))
+
+    assert key(tmp_path / "t1" / "p.txt") != key(tmp_path / "t2" / "p.txt")
+    before = key(tmp_path / "t1" / "p.txt")
+    (tmp_path / "t1" / "p.txt").write_text("a sketch of a {c}.\n")
+    assert key(tmp_path / "t1" / "p.txt") != before
+
+
 def test_the_key_of_a_cross_model_test_follows_the_model_order():
     """mCE takes the run's first model as its reference when rn-clip is absent: --model A --model B and
     --model B --model A must not share a stored result."""
