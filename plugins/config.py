@@ -244,6 +244,8 @@ class RunConfig:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 (clip_robustness.fixtures.models.resolve_precision); part of cache keys
     batch_size: int = 256  # images per forward call (results equal within SAMPLES_TOLERANCE on CPU fp32)
     shard: tuple[int, int] | None = None  # --shard I/N: this run measures shard I of N (select_shard)
+    baseline_run_id: str | None = None  # the --baseline report's run.run_id (None without a baseline, or not recorded)
+    baseline_sha256: str | None = None  # sha256 of the --baseline file's bytes: which contents were compared with
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -317,10 +319,11 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
               for i, r in enumerate(project.get("thresholds", []))]
     if thresholds:
         rules += load_thresholds_file(Path(thresholds))
-    base = None
+    base, baseline_identity = None, (None, None)
     if baseline:
         base = Path(baseline)
         _check_baseline(base)
+        baseline_identity = _baseline_identity(base)
     model_map = _baseline_model_map(baseline_models or [], specs, base)
     if base is not None:
         lacking, known = models_without_baseline(specs, model_map, base)
@@ -381,6 +384,7 @@ def build_config(*, models: list[str], data: list[str], thresholds: str | None, 
         limit=limit, seed=seed, device=device, strict=strict or bool(project.get("strict", False)),
         templates=template_sets, cache_dir=cache_dir, baseline_models=model_map, lmms=lmm_specs,
         threads=parse_threads(threads), precision=precision, batch_size=batch_size, shard=parse_shard(shard),
+        baseline_run_id=baseline_identity[0], baseline_sha256=baseline_identity[1],
     )
 
 
@@ -498,11 +502,62 @@ def load_baseline(path: Path) -> Any:
 
 
 def _check_baseline(path: Path) -> None:
+    """Refuse at start a baseline that cannot be compared with cell by cell: no file, no samples/ folder for
+    its per-sample files, a samples/ folder another run wrote, a cell given twice."""
     if not path.is_file():
         raise ConfigError(f"--baseline {path}: file not found (pass the robustness.json of an earlier run)")
     report = load_baseline(path)
+    from clip_robustness.plugins.rows import row_key
+
+    seen: set[tuple[str, ...]] = set()
+    for row in report.rows:
+        key = row_key(row)
+        if key in seen:
+            raise ConfigError(f"--baseline {path}: the cell {row.metric} of {row.model} on {row.dataset} "
+                              f"({row.property}{', ' + row.condition if row.condition else ''}) is given by two rows; "
+                              "a report holds each cell once, so keep the one that was measured and remove the other")
+        seen.add(key)
     sampled = next((r.samples for r in report.rows if r.samples), None)
     if sampled and not (path.parent / sampled).parent.is_dir():
         raise ConfigError(f"--baseline {path}: its rows reference per-sample files ({sampled}) but "
                           f"{(path.parent / sampled).parent} is missing; copy the baseline report's samples/ folder "
                           f"next to {path.name}")
+    run_id = report.run.get("run_id")
+    marker = (path.parent / sampled).parent / "RUN_ID" if sampled else None  # written by the report (RUN_ID_FILE)
+    if marker is not None and isinstance(run_id, str) and "shards" not in report.run and marker.is_file():
+        try:
+            written = marker.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            written = ""
+        if written != run_id:
+            raise ConfigError(f"--baseline {path}: its samples/ folder was written by run {written or '(unreadable)'} "
+                              f"(samples/RUN_ID), not by the report's run {run_id}; copy the samples/ folder that "
+                              f"was written with {path.name}")
+
+
+def _baseline_identity(path: Path) -> tuple[str | None, str]:
+    """(the baseline's run.run_id, the sha256 of its bytes), recorded in run.config so that shards compared
+    with different baseline contents under one path can be told apart."""
+    import hashlib
+
+    run_id = load_baseline(path).run.get("run_id")
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise ConfigError(f"--baseline {path}: cannot read it ({err})") from None
+    return (run_id if isinstance(run_id, str) else None), digest
+
+
+def baseline_warnings(config: RunConfig) -> list[str]:
+    """Start-up warnings about the --baseline (one line each): a baseline run over other items (another
+    --seed, --limit or --data path), whose cells are all compared unpaired."""
+    if config.baseline is None:
+        return []
+    from clip_robustness.plugins.regression import items_differ
+
+    run = load_baseline(config.baseline).run.get("config")
+    why = items_differ(run, config) if isinstance(run, dict) else None
+    if why is None:
+        return []
+    return [f"--baseline {config.baseline}: {why}; no cell is paired with it, each is compared unpaired from "
+            "the two rows' values and CIs (wider), so re-run the baseline with this run's options for paired tests"]

@@ -128,7 +128,7 @@ def names_known_model(pattern: str) -> bool:
 
 
 def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, decided: int,
-                 baseline: bool) -> tuple[str, str]:
+                 baseline: bool, unmeasured: list[dict[str, Any]] = ()) -> tuple[str, str]:
     if rule.min is None and rule.max is None and not baseline:
         return NOT_APPLICABLE, "a max_drop rule needs --baseline"
     if matched:
@@ -139,9 +139,17 @@ def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, deci
         return UNUSED, "a later rule (or a pytest_robustness_threshold hook) gates every cell it matches"
     # Matched nothing: a typo when its property and model ran, else rules for another selection.
     scope = [r for r in rows if fnmatchcase(r["property"], rule.property) and fnmatchcase(r["model"], rule.model)]
+    # A max_drop rule whose cells the baseline holds but this run did not measure compares nothing that it
+    # was meant to (the baseline's run was given a --data set or measured cells this run was not).
+    theirs = [c for c in unmeasured if rule.matches(c)] if rule.max_drop is not None and baseline else []
+    if theirs and any(fnmatchcase(r["property"], rule.property) for r in rows):
+        return UNMATCHED, _unmeasured_note(theirs)
     if not scope:
         if not any(fnmatchcase(r["property"], rule.property) for r in rows):
-            return NOT_APPLICABLE, f"no {rule.property!r} cell was measured in this run"
+            note = f"no {rule.property!r} cell was measured in this run"
+            if theirs:  # the property was not selected at all: a rule for another selection, but say so
+                note += f" (the baseline has {_cells(len(theirs))} it matches)"
+            return NOT_APPLICABLE, note
         hint = did_you_mean(rule.model, {r["model"] for r in rows})
         if hint and not names_known_model(rule.model):  # close to a run model and naming no other: a typo
             return UNMATCHED, f"model {rule.model!r} matches none of this run's models" + hint
@@ -157,17 +165,32 @@ def _rule_status(rule: Threshold, rows: list[dict[str, Any]], matched: int, deci
     return UNMATCHED, "no cell matches its metric, dataset and condition together"
 
 
-def rule_usage(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: bool) -> list[dict[str, Any]]:
+def _cells(n: int) -> str:
+    return f"{n} cell{'s' * (n != 1)}"
+
+
+def _unmeasured_note(cells: list[dict[str, Any]]) -> str:
+    """Why a max_drop rule compared nothing: the baseline's cells it matches, which this run did not measure."""
+    datasets = sorted({c["dataset"] for c in cells})
+    where = ", ".join(map(repr, datasets[:4])) + (f" and {len(datasets) - 4} more" if len(datasets) > 4 else "")
+    return (f"the baseline has {_cells(len(cells))} it matches (dataset {where}) that this run did not measure, so "
+            "it compared nothing; pass the same --data (and selection) as the baseline's run")
+
+
+def rule_usage(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: bool,
+               unmeasured: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Per rule: its patterns, how many cells it matched, gated (bound) and compared (max_drop), and a status:
     applied, unused (matched but decided nothing), unmatched (its property and model ran, yet no cell
-    matched: a typo) or not applicable (its property or model did not run)."""
+    matched: a typo, or a max_drop rule whose cells only the baseline has) or not applicable (its property
+    or model did not run). ``unmeasured``: the baseline's cells (named by this run's model ids) that no row
+    of this run measured."""
     out = []
     for rule in rules:
         matched = sum(rule.matches(r) for r in rows)
         decided = [g for r in rows for g in _gates_of(r) if rule.origin and g.get("rule") == rule.origin]
         gated = sum(g["kind"] == "bound" for g in decided)
         compared = sum(g["kind"] == "regression" for g in decided)
-        status, note = _rule_status(rule, rows, matched, gated + compared, baseline)
+        status, note = _rule_status(rule, rows, matched, gated + compared, baseline, unmeasured)
         out.append({"origin": rule.origin, "property": rule.property, "metric": rule.metric, "model": rule.model,
                     "dataset": rule.dataset, "condition": rule.condition, "min": rule.min, "max": rule.max,
                     "max_drop": rule.max_drop, "matched": matched, "gated": gated, "compared": compared,
@@ -175,39 +198,120 @@ def rule_usage(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseli
     return out
 
 
-def baseline_usage(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
-    """How many of each model's cells were compared with the baseline."""
+def baseline_cells(path: Any, model_map: dict[str, str], model_ids: Iterable[str]) -> dict[str, Any] | None:
+    """What the audit needs of the ``--baseline`` report: the models it holds, and its cells of this run's models
+    (``model_map``: --baseline-model, run id -> baseline id) as ``[property, run model id, dataset, condition,
+    metric]``. None when the file cannot be read (the audit then counts this run's cells only)."""
+    from clip_robustness.plugins.rows import ReportError, load_report
+
+    try:
+        rows = load_report(path).rows
+    except (ReportError, OSError):
+        return None
+    by_base: dict[str, list[str]] = {}
+    for model in model_ids:
+        by_base.setdefault(model_map.get(model, model), []).append(model)
+    cells = sorted({(r.property, model, r.dataset, r.condition, r.metric) for r in rows for model in by_base.get(r.model, ())})
+    return {"holds": sorted({r.model for r in rows}), "cells": [list(c) for c in cells]}
+
+
+_KEY = ("property", "model", "dataset", "condition", "metric")
+
+
+def baseline_usage(rows: list[dict[str, Any]], baseline: str,
+                   cells: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How many of each model's cells were compared with the baseline; with ``cells`` (:func:`baseline_cells`),
+    the models the baseline holds and its cells of this run's models that no row measured (``unmeasured``)."""
     models: dict[str, dict[str, int]] = {}
     for row in rows:
         counts = models.setdefault(row["model"], {"cells": 0, "compared": 0})
         counts["cells"] += 1
         counts["compared"] += "comparison" in (row.get("extra") or {})
-    return {"path": baseline, "cells": len(rows), "compared": sum(c["compared"] for c in models.values()),
-            "models": dict(sorted(models.items()))}
+    out: dict[str, Any] = {"path": baseline, "cells": len(rows),
+                           "compared": sum(c["compared"] for c in models.values()), "models": dict(sorted(models.items()))}
+    if cells is not None:
+        measured = {tuple(row[k] for k in _KEY) for row in rows}
+        out["holds"] = list(cells.get("holds") or [])
+        out["unmeasured"] = sorted(list(c) for c in {tuple(c) for c in cells.get("cells") or []} - measured)
+    return out
+
+
+def unmeasured_summary(base: dict[str, Any]) -> str:
+    """``; 2 baseline cells have no counterpart in this run: wx (2 accuracy)`` for the summary line ('' when none)."""
+    cells = base.get("unmeasured") or []
+    if not cells:
+        return ""
+    groups: dict[str, dict[str, int]] = {}
+    for prop, _, dataset, _, _ in cells:
+        groups.setdefault(dataset or "(no dataset)", {}).setdefault(prop, 0)
+        groups[dataset or "(no dataset)"][prop] += 1
+    shown = [f"{d} ({', '.join(f'{n} {p}' for p, n in sorted(props.items()))})" for d, props in sorted(groups.items())]
+    more = f" and {len(shown) - 4} more datasets" if len(shown) > 4 else ""
+    n = len(cells)
+    return (f"; {n} baseline cell{'s' * (n != 1)} {'have' if n != 1 else 'has'} no counterpart in this run: "
+            + ", ".join(shown[:4]) + more)
+
+
+def _zero_compared(base: dict[str, Any], baseline: str, rows: list[dict[str, Any]],
+                   baseline_models: dict[str, str] | None) -> str:
+    """Why a baseline was compared with no cell, and the fix that fits: --baseline-model when this run's models
+    are not in the baseline under their names, else which cells are not there (the baseline measured others)."""
+    head = f"--baseline {baseline} was compared with 0 of the {base['cells']} measured cells"
+    holds = base.get("holds")
+    if holds is None:  # the baseline file could not be read here (a merge elsewhere): the general advice
+        return (f"{head}: none has a counterpart there (same model, property, dataset, condition and metric), so "
+                "no regression gate checked anything; pass --baseline-model MODEL=BASELINE_MODEL or a baseline of "
+                "the same models and properties.")
+    mapped = {m: (baseline_models or {}).get(m, m) for m in base["models"]}
+    missing = sorted(m for m, b in mapped.items() if b not in holds)
+    held = ", ".join(holds) or "none"
+    if missing and not baseline_models:
+        return (f"{head}: none has a counterpart there (it holds models [{held}], not {', '.join(missing)}), so no "
+                "regression gate checked anything; pass --baseline-model MODEL=BASELINE_MODEL to name the "
+                "baseline's model.")
+    targets = sorted(set(mapped.values()))
+    how = ("paired by --baseline-model " + ", ".join(f"{m}={b}" for m, b in sorted(mapped.items()) if m != b)
+           if any(m != b for m, b in mapped.items()) else "paired by name")
+    theirs = len(base.get("unmeasured") or [])
+    sample = sorted({f"{r['property']}/{r['metric']} on {r['dataset'] or '-'}" for r in rows})
+    unpaired = ", ".join(sample[:3]) + (f" and {len(sample) - 3} more" if len(sample) > 3 else "")
+    return (f"{head}: none has a counterpart there (the baseline holds models [{held}]; of {', '.join(targets)}, "
+            f"{how}, it has {theirs} cell{'s' * (theirs != 1)}, none with this run's property, dataset, condition and "
+            f"metric; this run's cells that could not be paired: {unpaired}), so no regression gate checked "
+            "anything; pass a baseline measured with the same properties, --data and options as this run.")
 
 
 def audit(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: str | None,
-          strict: bool, selection: bool = False) -> dict[str, Any]:
+          strict: bool, selection: bool = False, shard: Any = None,
+          baseline_models: dict[str, str] | None = None, baseline_cells: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's gate audit for the report (``run["gates"]``): rule usage, baseline usage, and the
     sentences that fail the run (``failures``) or only warn (``warnings``). ``selection``: a -k/-m or
-    node-id selection is active, so an unmatched rule's cells may have been deselected (it only warns)."""
-    usage = rule_usage(rules, rows, baseline=baseline is not None)
+    node-id selection is active, so an unmatched rule's cells may have been deselected (it only warns).
+    ``shard``: (I, N) of a --shard run, whose rows are a part of the run: what needs the whole run's rows (an
+    unmatched rule, a baseline compared with no cell) only warns, and the merged report's audit decides.
+    ``baseline_models``: --baseline-model; ``baseline_cells``: :func:`baseline_cells` of the baseline (None: unknown)."""
+    rules = list(rules)
+    base = baseline_usage(rows, baseline, baseline_cells) if baseline is not None else None
+    usage = rule_usage(rules, rows, baseline=baseline is not None,
+                       unmeasured=[dict(zip(_KEY, c)) for c in (base or {}).get("unmeasured") or []])
     failures: list[str] = []
     warnings: list[str] = []
+    part = f" (this is shard {shard[0]}/{shard[1]}: its cells may be on another shard; the merged report's audit " \
+           "decides)" if shard else ""
     for rule in usage:
         if rule["status"] == UNMATCHED:
-            fails = strict and not selection
+            fails = strict and not selection and not shard
             why = "" if fails else (" (a -k/-m selection is active, so its cells may be deselected)" if selection
-                                    else " (--rb-strict fails the run on it)")
+                                    else part if shard else " (--rb-strict fails the run on it)")
             (failures if fails else warnings).append(
                 f"threshold rule {rule['origin']} matched no cell: {rule['note']}{why}.")
-    base = baseline_usage(rows, baseline) if baseline is not None else None
     if base and base["cells"] and not base["compared"]:
-        failures.append(
-            f"--baseline {baseline} was compared with 0 of the {base['cells']} measured cells: none has a "
-            "counterpart there (same model, property, dataset, condition and metric), so no regression gate "
-            "checked anything; pass --baseline-model MODEL=BASELINE_MODEL or a baseline of the same models "
-            "and properties.")
+        if shard:  # the baseline's cells may be on the other shards: the whole run's rows decide
+            warnings.append(f"--baseline {baseline} was compared with none of the {base['cells']} cells of shard "
+                            f"{shard[0]}/{shard[1]}; that fails nothing here, as other shards may measure the cells "
+                            "the baseline has: the merged report's audit fails the run if no shard compared any.")
+        else:
+            failures.append(_zero_compared(base, baseline, rows, baseline_models))
     elif base:
         for model, counts in base["models"].items():
             if not counts["compared"]:

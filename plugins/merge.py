@@ -8,7 +8,8 @@ condition, metric): a cell present in two shards must hold the same value, else 
 and names the cell (two shards measured the same thing differently: a seed or version mismatch).
 
 Before any row is read, the shards must be parts of one run (``_check_same_run``): the same run-level
-options (limit, seed, precision, device kind, templates, threshold rules, data, baseline, LMMs), the
+options (limit, seed, precision, device kind, templates, threshold rules, data, baseline and, where recorded,
+the baseline's run id and sha256, LMMs), the
 same harness commit and package versions, the same weights for a model two shards share, and, for
 ``--shard I/N`` runs, the same models and N with every shard given once. Shards cut by model
 (``pytest --model A`` / ``--model B``, no ``--shard``) may differ in their models only; ``--shard I/N`` runs must
@@ -18,7 +19,9 @@ the thresholds file's path (its rules are compared), platform, times and run ids
 
 The merged run section is the whole run's: what the report session derives from rows (the rule and baseline
 audit ``gates``, each model's status) is recomputed from the merged rows by the same functions, and what is
-per shard (problems, cache counters, wall time) is combined over the shards.
+per shard (problems, cache counters, wall time) is combined over the shards. The merged audit decides what a
+``--shard`` job only warns about (a rule that matched nothing, a baseline no cell was compared with): ``main``
+prints its warnings and failures and exits 1 on a failure. The folder gets ``samples/RUN_ID``, as every report's.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_robustness.fixtures._io import atomic_write_text
-from clip_robustness.plugins.report import model_status, new_run_id, problem_list, sort_rows
+from clip_robustness.plugins.report import RUN_ID_FILE, model_status, new_run_id, problem_list, sort_rows
 from clip_robustness.plugins.rows import KEY_FIELDS, ReportError, load_report, row_key
 
 
@@ -105,7 +108,8 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
         "wall_time_s": sum(d["run"].get("wall_time_s") or 0 for _, d in reports),
         "cache": {k: sum(c.get(k, 0) for c in caches) for k in sorted({"hits", "misses"}.union(*caches))},
         "models": model_status(models, problems, merged_rows),
-        "gates": _gate_audit(config, [_named(row, names[origin[key]]) for key, row in rows.items()]),
+        "gates": _gate_audit(config, [_named(row, names[origin[key]]) for key, row in rows.items()],
+                             _baseline_cells([data["run"] for _, data in reports])),
         "run_id": new_run_id(),  # the merged report is a new unit; each shard's id is under "shards"
         "problems": problems,
         "shards": [{"path": str(p), "run_id": d["run"].get("run_id"), "git_commit": d["run"].get("git_commit"),
@@ -116,6 +120,7 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
 
     # a shard written before reports were strict JSON may hold NaN
     merged = strict_report({"run": run, "results": merged_rows})
+    atomic_write_text(out_dir / "samples" / RUN_ID_FILE, run["run_id"] + "\n")  # as every report folder has
     atomic_write_text(out_dir / "robustness.json", report_text(merged))
     write_csv(merged, out_dir / "robustness.csv")
     from clip_robustness.plugins.html import write_html
@@ -124,15 +129,29 @@ def merge_reports(paths: list[Path], out_dir: Path) -> dict[str, Any]:
     return merged
 
 
-def _gate_audit(config: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _gate_audit(config: dict[str, Any], rows: list[dict[str, Any]],
+                baseline_cells: dict[str, Any] | None = None) -> dict[str, Any]:
     """run.gates of the merged rows, as the report session computes it for a run's rows (ReportSession.gate_audit):
-    a rule's cells are spread over the shards, so no shard's audit says what it gated."""
+    a rule's cells are spread over the shards, so no shard's audit says what it gated (nor, under --shard, fails
+    on it: a rule that matched nothing or a baseline compared with nothing is decided here, for the whole run)."""
     from clip_robustness.plugins.config import Threshold
     from clip_robustness.plugins.gates import audit
 
     rules = [Threshold(**rule) for rule in config.get("thresholds") or []]
     return audit(rules, rows, baseline=config.get("baseline"), strict=bool(config.get("strict")),
-                 selection=bool((config.get("selection") or {}).get("narrowed")))
+                 selection=bool((config.get("selection") or {}).get("narrowed")),
+                 baseline_models=config.get("baseline_models") or {}, baseline_cells=baseline_cells)
+
+
+def _baseline_cells(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The baseline's cells of the run's models that some shard did not measure (each shard's
+    ``gates.baseline.unmeasured``, named by run model ids), for the merged audit to subtract the merged rows from;
+    None when a shard does not record them (a report from before, or no baseline)."""
+    bases = [(run.get("gates") or {}).get("baseline") for run in runs]
+    if not bases or not all(isinstance(b, dict) and "unmeasured" in b for b in bases):
+        return None
+    cells = sorted({tuple(c) for b in bases for c in b["unmeasured"]})
+    return {"holds": sorted({m for b in bases for m in b.get("holds") or []}), "cells": [list(c) for c in cells]}
 
 
 def _rule_names(run: dict[str, Any], first: dict[str, Any]) -> dict[str, str]:
@@ -261,8 +280,13 @@ def _show_rules(rules: Any) -> str:
     return f"{len(rules)} rules (sha256 {digest})"
 
 
+def _show_digest(value: Any) -> str:
+    return f"sha256 {value[:12]}" if isinstance(value, str) and len(value) > 12 else _show(value)
+
+
 # (what the sentence names, how a shard's run section gives it, how a value is shown, how to fix it)
 _SAME_OPTIONS = "re-run every shard with the same options"
+_SAME_BASELINE = "re-run every shard against the same baseline report (the file under that path changed between jobs)"
 _RUN_SETTINGS: list[tuple[str, Any, Any, str]] = [
     ("the shard count N of --shard I/N", _shard_count, _show,
      "merge the reports of all shards of one --shard I/N run"),
@@ -274,6 +298,9 @@ _RUN_SETTINGS: list[tuple[str, Any, Any, str]] = [
     ("--thresholds (the gate rules)", _rules, _show_rules, _SAME_OPTIONS),
     ("--data", _data, _show, _SAME_OPTIONS),
     ("--baseline / --baseline-model", _baseline, _show, _SAME_OPTIONS),
+    # the baseline file's contents under one path (recorded by reports that have a baseline; older ones are not compared)
+    ("the baseline's run id (run.config.baseline_run_id)", _config("baseline_run_id"), _show, _SAME_BASELINE),
+    ("the baseline's contents (run.config.baseline_sha256)", _config("baseline_sha256"), _show_digest, _SAME_BASELINE),
     ("--lmm", _config("lmms"), _show, _SAME_OPTIONS),
     ("the harness's git commit", lambda run: run.get("git_commit", _MISSING), _show,
      "re-run every shard from the same commit"),
@@ -371,7 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"merged {len(args.reports)} shards, {len(merged['results'])} rows -> {args.out / 'robustness.json'}, "
           f"{args.out / 'robustness.html'}")
-    return 0
+    # the whole run's gate audit: what no shard could decide alone (a --shard job does not fail on it)
+    gates = merged["run"]["gates"]
+    for line in gates["warnings"]:
+        print(f"WARNING: {line}")
+    for line in gates["failures"]:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return 1 if gates["failures"] else 0
 
 
 if __name__ == "__main__":

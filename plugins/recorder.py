@@ -203,7 +203,7 @@ def gate_row(config: pytest.Config, item: pytest.Item, baseline: Any, seed: int,
     rule = config.hook.pytest_robustness_threshold(config=config, row=row) or select_threshold(rb.thresholds, row)
     if rule is not None and (rule.min is not None or rule.max is not None):
         gates.append(bound_verdict(row, rule))
-    comparison = _compare(row, samples, baseline, templates=rb.templates[0], seed=seed)
+    comparison = _compare(row, samples, baseline, templates=rb.templates[0], seed=seed, run=rb)
     if comparison is not None:
         row["extra"]["comparison"] = comparison
         drop_rule = select_threshold(rb.thresholds, row, kind="regression")
@@ -234,17 +234,15 @@ def raise_gate_failures(item: pytest.Item) -> None:
         pytest.fail(GATE_FAILED + "\n  " + "\n  ".join(failures), pytrace=False)
 
 
-def _compare(row: dict[str, Any], samples: Samples | None, baseline: Any, *, templates: str,
-             seed: int) -> dict[str, Any] | None:
-    """The paired comparison with the baseline's counterpart cell, if there is a baseline and a cell."""
-    base_row = baseline.counterpart(row, templates=templates) if baseline is not None else None
-    if base_row is None or base_row.get("value") is None:
+def _compare(row: dict[str, Any], samples: Samples | None, baseline: Any, *, templates: str, seed: int,
+             run: Any = None) -> dict[str, Any] | None:
+    """The comparison with the baseline's counterpart cell, if there is a baseline and a cell
+    (clip_robustness.plugins.regression.compare_with_baseline; ``run`` is this run's RunConfig)."""
+    if baseline is None:
         return None
-    from clip_robustness.plugins.regression import compare, undefined_comparison
+    from clip_robustness.plugins.regression import compare_with_baseline
 
-    if row["value"] is None:  # undefined now, defined before: a max_drop gate must fail, not skip
-        return undefined_comparison(row, base_row)
-    return compare(row, samples, base_row, baseline.samples(base_row), seed=seed)
+    return compare_with_baseline(row, samples, baseline, run, templates=templates, seed=seed)
 
 
 def ship_row(item: pytest.Item, shipped_models: set[str], describe: Callable[[str], dict[str, Any] | None],

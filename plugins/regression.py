@@ -5,8 +5,11 @@ condition and metric; the model matched by name or ``--baseline-model``) gets a 
 in ``row["extra"]["comparison"]``: McNemar's exact test for top-1, a paired bootstrap of the metric
 for the rest (ID and OOD items resampled apart for OOD metrics). A *regression gate* is applied where
 a threshold rule gives a ``max_drop`` for the cell: it fails when the drop exceeds ``max_drop`` with
-the whole 95% CI of the difference beyond it, and is inconclusive when only the point estimate is.
-Gating only the cells a rule names keeps the run-level false-alarm rate under control: comparing
+the whole 95% CI of the difference beyond it, passes only when the whole CI stays within it (a
+non-inferiority test, as the bound gates pass only when the whole CI clears the bound), and is
+inconclusive otherwise. A pairing needs the same items: a baseline per-sample file whose arrays do not
+hash to its name or do not give its row's value, and a baseline run with another ``--seed``, ``--limit``
+or ``--data`` path, are compared unpaired, saying why. Gating only the cells a rule names keeps the run-level false-alarm rate under control: comparing
 hundreds of cells at 5% each would flag noise somewhere in every run.
 """
 from __future__ import annotations
@@ -59,19 +62,24 @@ def _not_aligned(row: dict[str, Any], samples: dict[str, np.ndarray] | None, bas
 
 @dataclass
 class Baseline:
-    """A parsed baseline report: rows indexed by cell, per-sample files read on demand."""
+    """A parsed baseline report: rows indexed by cell, per-sample files read (and checked) on demand."""
 
     path: Path
     rows: dict[tuple, dict[str, Any]]  # clip_robustness.plugins.rows.row_key -> the row's JSON object
     models: set[str]
     model_map: dict[str, str] = field(default_factory=dict)  # candidate id -> baseline id
+    config: dict[str, Any] = field(default_factory=dict)  # the baseline's run.config
+    _checked: dict[str, tuple[dict[str, np.ndarray] | None, str | None]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: Path, model_map: dict[str, str]) -> "Baseline":
         """The report at ``path``, read by clip_robustness.plugins.rows.load_report (checked at start by
         clip_robustness.plugins.config, so a bad file never gets here)."""
-        rows = [r.to_json() for r in load_report(path).rows]
-        return cls(Path(path), {row_key(r): r for r in rows}, {r["model"] for r in rows}, model_map)
+        report = load_report(path)
+        rows = [r.to_json() for r in report.rows]
+        config = report.run.get("config")
+        return cls(Path(path), {row_key(r): r for r in rows}, {r["model"] for r in rows}, model_map,
+                   dict(config) if isinstance(config, dict) else {})
 
     def counterpart(self, row: dict[str, Any], *, templates: str = "openai") -> dict[str, Any] | None:
         """The baseline's cell for ``row``. A fine-tuned linear head (condition ``head=linear``) is
@@ -89,16 +97,101 @@ class Baseline:
         return found
 
     def samples(self, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
-        """The baseline cell's per-sample arrays; None when it has none, or its file is missing or
-        unreadable (the comparison then falls back to an unpaired one and says why, see :func:`compare`)."""
-        if not row.get("samples"):
-            return None
-        path = self.path.parent / row["samples"]
+        """The baseline cell's per-sample arrays; None when it has none, or its file is missing, unreadable or
+        does not match its row (the comparison then falls back to an unpaired one and says why, see
+        :meth:`checked_samples` and :func:`compare`)."""
+        return self.checked_samples(row)[0]
+
+    def checked_samples(self, row: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """(the baseline cell's per-sample arrays, None) when its file is there and matches its row; (None, why)
+        when it is missing, unreadable, or its arrays do not hash to the file's name (the name
+        clip_robustness.plugins.report.save_samples gave them) or do not give the row's value (the metric's
+        ``recompute``): a file overwritten or copied from another run would pair the candidate with other
+        outputs. (None, None) for a row without a per-sample file."""
+        rel = row.get("samples")
+        if not rel:
+            return None, None
+        key = f"{rel}\0{row_key(row)}"
+        if key not in self._checked:
+            self._checked[key] = self._read_checked(row, rel)
+        return self._checked[key]
+
+    def _read_checked(self, row: dict[str, Any], rel: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
         try:
-            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+            with open(self.path.parent / rel, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            return None
+            return None, f"the baseline's per-sample file {rel} is missing or unreadable"
+        why = sample_file_mismatch(row, rel, arrays)
+        return (None, f"the baseline's per-sample file {rel} does not match its row: {why}") if why else (arrays, None)
+
+    def items_differ(self, run: Any) -> str | None:
+        """Why no cell of this baseline can be paired with a cell of ``run`` (clip_robustness.plugins.config
+        .RunConfig): the baseline's run.config records another ``--seed``, ``--limit`` or path of a ``--data``
+        set both runs measured, so its items differ (rows of world cells with no labels or items digest could
+        not show it). None when they agree, or the baseline does not record them."""
+        return items_differ(self.config, run)
+
+
+def sample_file_mismatch(row: dict[str, Any], rel: str, arrays: dict[str, np.ndarray]) -> str | None:
+    """Why a per-sample file's ``arrays`` are not the ones its ``row`` was computed from; None when they are:
+    their content digest (clip_robustness.plugins.report.arrays_digest, which names the file) must be the
+    file's name, and where the metric has a ``recompute`` the arrays must give the row's value."""
+    from clip_robustness.plugins.report import arrays_digest
+
+    name = Path(rel).stem
+    try:
+        digest = arrays_digest(arrays)
+    except (TypeError, ValueError):
+        digest = None
+    if digest is None or digest[:len(name)] != name or len(name) < 8:
+        return f"its arrays hash to {(digest or 'nothing stable')[:20]}, not to its name {name}"
+    try:
+        recipe = metric_info(row["metric"]).recompute
+    except (KeyError, ValueError):
+        recipe = None
+    value = row.get("value")
+    if recipe is None or value is None or not all(k in arrays for k in recipe[0]):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = float(recipe[1](*(arrays[k] for k in recipe[0])))
+    except Exception as err:  # noqa: BLE001 - arrays that cannot give the metric are a mismatch, not a traceback
+        return f"its arrays do not give {row['metric']} ({type(err).__name__}: {err})"
+    if not math.isclose(got, float(value), rel_tol=1e-6, abs_tol=1e-7):
+        return f"its arrays give {row['metric']} {got:.4g}, the row says {float(value):.4g}"
+    return None
+
+
+def _config_value(run: Any, key: str) -> Any:
+    value = run.get(key) if isinstance(run, dict) else getattr(run, key, None)
+    if key == "data":
+        return {str(k): str(v) for k, v in (value or {}).items()}
+    return value
+
+
+def items_differ(base_config: dict[str, Any], run: Any) -> str | None:
+    """Why the items of a baseline run (its ``run.config``) differ from ``run``'s (a RunConfig or its JSON):
+    another ``--seed`` or ``--limit`` draws other (or fewer) items, another path for a ``--data`` set both
+    measured reads other images. None when they agree or the baseline does not record them.
+
+    >>> items_differ({"seed": 1, "limit": 100}, {"seed": 0, "limit": 100})
+    'the baseline was run with --seed 1, this run with 0, so its items differ'
+    >>> items_differ({"seed": 0}, {"seed": 0, "limit": 50}) is None
+    True
+    """
+    for key in ("seed", "limit"):
+        if key in base_config and base_config[key] != _config_value(run, key):
+            shown = ["none" if v is None else v for v in (base_config[key], _config_value(run, key))]
+            return f"the baseline was run with --{key} {shown[0]}, this run with {shown[1]}, so its items differ"
+    if isinstance(base_config.get("data"), dict):
+        base_data, data = _config_value(base_config, "data"), _config_value(run, "data")
+        for name in sorted(set(base_data) & set(data)):
+            if base_data[name] != data[name]:
+                return (f"the baseline was run with --data {name}={base_data[name]}, this run with "
+                        f"{name}={data[name]}, so its items differ")
+    return None
 
 
 def expanded_confidence(n: int, confidence: float = 0.95) -> float:
@@ -158,22 +251,24 @@ def paired_two_group_delta(statistic: Callable[[np.ndarray, np.ndarray], float],
 
 
 def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row: dict[str, Any],
-            base_samples: dict[str, np.ndarray] | None, *, seed: int) -> dict[str, Any]:
-    """Paired comparison of one cell: delta (candidate - baseline), its 95% CI and a one-sided p-value."""
+            base_samples: dict[str, np.ndarray] | None, *, seed: int, unpaired: str | None = None) -> dict[str, Any]:
+    """Paired comparison of one cell: delta (candidate - baseline), its 95% CI and a one-sided p-value.
+    ``unpaired`` is a reason the two cells cannot be paired that their arrays cannot show (the baseline's
+    per-sample file does not match its row, or its run drew other items): the comparison is then unpaired."""
     from clip_robustness.plugins.stats import mcnemar_test, paired_bootstrap_delta
 
     higher = bool(row["higher_is_better"])
     out: dict[str, Any] = {"baseline_model": base_row["model"], "baseline_value": base_row["value"],
                            "value": row["value"]}
     recipe = metric_info(row["metric"]).recompute  # declared beside the metric (clip_robustness.plugins.metrics)
-    why = "no aligned per-sample outputs" if recipe is None else \
-        _not_aligned(row, samples, base_row, base_samples, recipe[0])
+    why = unpaired or ("no aligned per-sample outputs" if recipe is None else
+                       _not_aligned(row, samples, base_row, base_samples, recipe[0]))
     if why is not None:
         # No aligned per-sample outputs: compare the two values with their CIs as independent estimates.
         delta = row["value"] - base_row["value"]
         se = [(c[1] - c[0]) / (2 * 1.96) for c in (row.get("ci"), base_row.get("ci")) if c and None not in c]
         half = 1.96 * math.sqrt(sum(s * s for s in se)) if len(se) == 2 else math.nan
-        if base_row.get("samples") and base_samples is None:
+        if unpaired is None and base_row.get("samples") and base_samples is None:
             why = f"the baseline's per-sample file {base_row['samples']} is missing or unreadable"
         out.update(method=f"unpaired ({why})", delta=delta, ci=[delta - half, delta + half], p_value=None)
         return out
@@ -195,50 +290,98 @@ def compare(row: dict[str, Any], samples: dict[str, np.ndarray] | None, base_row
     return out
 
 
+def compare_with_baseline(row: dict[str, Any], samples: dict[str, np.ndarray] | None, baseline: Baseline,
+                          run: Any, *, templates: str, seed: int) -> dict[str, Any] | None:
+    """The comparison of ``row`` with its counterpart cell in ``baseline``; None when it has none. ``run`` is this
+    run's clip_robustness.plugins.config.RunConfig: a baseline of other items (:meth:`Baseline.items_differ`) and
+    a baseline per-sample file that does not match its row are compared unpaired; a cell undefined on either
+    side gets a comparison without a delta, which fails a max_drop gate (:func:`regression_verdict`)."""
+    base_row = baseline.counterpart(row, templates=templates)
+    if base_row is None:
+        return None
+    if row["value"] is None or base_row.get("value") is None:  # a max_drop gate must fail, not skip
+        return undefined_comparison(row, base_row)
+    base_samples, why = baseline.checked_samples(base_row)
+    items = baseline.items_differ(run) if run is not None else None
+    return compare(row, samples, base_row, base_samples, seed=seed, unpaired=items or why)
+
+
+def _undefined_why(row: dict[str, Any]) -> str:
+    return (row.get("extra") or {}).get("undefined") or "non-finite value"
+
+
 def undefined_comparison(row: dict[str, Any], base_row: dict[str, Any]) -> dict[str, Any]:
-    """The comparison of a cell that is undefined in this run but defined in the baseline."""
-    why = (row.get("extra") or {}).get("undefined") or "non-finite value"
-    return {"baseline_model": base_row["model"], "baseline_value": base_row["value"], "value": None,
-            "delta": None, "ci": None, "p_value": None, "undefined": why,
-            "method": f"not compared: undefined in this run ({why})"}
+    """The comparison of a cell that is undefined in this run, in the baseline, or in both."""
+    here, there = row.get("value") is None, base_row.get("value") is None
+    sides = [f"in this run ({_undefined_why(row)})"] * here + [f"in the baseline ({_undefined_why(base_row)})"] * there
+    out = {"baseline_model": base_row["model"], "baseline_value": base_row.get("value"), "value": row.get("value"),
+           "delta": None, "ci": None, "p_value": None, "undefined": _undefined_why(row if here else base_row),
+           "method": f"not compared: undefined {' and '.join(sides)}"}
+    if there:
+        out["baseline_undefined"] = _undefined_why(base_row)
+    return out
+
+
+def _direction(row: dict[str, Any]) -> tuple[str, str]:
+    """(the verb, its noun) for the metric moving in its bad direction: a top-1 drops, an ECE or FPR95 rises."""
+    return ("drops", "drop") if row["higher_is_better"] else ("rises", "rise")
 
 
 def regression_verdict(row: dict[str, Any], comparison: dict[str, Any], rule: Threshold) -> dict[str, Any]:
-    """Gate a comparison with the rule's ``max_drop`` (in metric units, in the metric's bad direction)."""
+    """Gate a comparison with the rule's ``max_drop`` (in metric units, in the metric's bad direction): a
+    non-inferiority test on the CI of the change, as a bound gate on the CI of the value. It passes when the
+    whole CI of the worsening stays within the tolerance, fails when the whole CI exceeds it, and is
+    inconclusive when the CI reaches over it; a change with no CI fails when its point worsening exceeds the
+    tolerance and is inconclusive otherwise; a change that cannot be computed fails."""
+    verb, noun = _direction(row)
+    tol = float(rule.max_drop)
+    keep = ("baseline_model", "baseline_value", "delta", "ci", "p_value", "method")
     if comparison["delta"] is None:  # a regression gate that cannot be checked fails, with the reason
-        message = (f"{row['metric']} is undefined {describe_cell(row)} ({comparison['undefined']}) "
-                   f"while the baseline {comparison['baseline_model']} has {comparison['baseline_value']:.4g}, so "
-                   f"its drop cannot be checked against the tolerance {float(rule.max_drop):.4g}.")
-        return {"kind": "regression", "verdict": FAIL, "max_drop": float(rule.max_drop), "message": message,
-                "rule": rule.origin, **{k: comparison[k] for k in
-                                        ("baseline_model", "baseline_value", "delta", "ci", "p_value", "method")}}
+        if "baseline_undefined" in comparison and row.get("value") is not None:
+            message = (f"{row['metric']} {row['value']:.4g} {describe_cell(row)} cannot be checked against the "
+                       f"tolerance {tol:.4g}: the baseline {comparison['baseline_model']}'s value is undefined "
+                       f"({comparison['baseline_undefined']}), so there is nothing to measure its {noun} from.")
+        elif "baseline_undefined" in comparison:
+            message = (f"{row['metric']} is undefined {describe_cell(row)} ({comparison['undefined']}) and so is the "
+                       f"baseline {comparison['baseline_model']}'s value ({comparison['baseline_undefined']}), so its "
+                       f"{noun} cannot be checked against the tolerance {tol:.4g}.")
+        else:
+            message = (f"{row['metric']} is undefined {describe_cell(row)} ({comparison['undefined']}) "
+                       f"while the baseline {comparison['baseline_model']} has {comparison['baseline_value']:.4g}, so "
+                       f"its {noun} cannot be checked against the tolerance {tol:.4g}.")
+        if rule.reason:
+            message += f" ({rule.reason})"
+        return {"kind": "regression", "verdict": FAIL, "max_drop": tol, "message": message,
+                "rule": rule.origin, **{k: comparison.get(k) for k in keep}}
     sign = 1.0 if row["higher_is_better"] else -1.0
     drop = -sign * comparison["delta"]  # > 0 means worse
     lo, hi = comparison["ci"]
-    drops = sorted((-sign * lo, -sign * hi))  # CI of the drop
-    tol = float(rule.max_drop)
+    drops = sorted((-sign * lo, -sign * hi))  # CI of the worsening
     no_interval = any(math.isnan(x) for x in drops)  # e.g. one item to resample: the point alone shows no safety
     if math.isnan(drop):  # a change that cannot be computed never passes a regression gate
         verdict = FAIL
     elif no_interval:
         verdict = FAIL if drop > tol else INCONCLUSIVE
-    else:
-        verdict = FAIL if drops[0] > tol else INCONCLUSIVE if drop > tol else PASS
+    else:  # non-inferiority: the whole CI of the worsening within the tolerance passes, the whole CI beyond fails
+        verdict = FAIL if drops[0] > tol else PASS if drops[1] <= tol else INCONCLUSIVE
     p = comparison.get("p_value")
     p_text = f", p={p:.3g}" if p is not None and not math.isnan(p) else ""
     interval = "no CI" if no_interval else f"95% CI {lo:+.4g}…{hi:+.4g}"
     change = f"{row['metric']} {comparison['baseline_value']:.4g} -> {row['value']:.4g} " \
              f"(Δ={comparison['delta']:+.4g}, {interval}{p_text}) vs baseline {comparison['baseline_model']}"
     if verdict == FAIL:
-        message = f"{change} drops by more than the tolerance {tol:.4g} {describe_cell(row)}."
+        message = f"{change} {verb} by more than the tolerance {tol:.4g} {describe_cell(row)}."
     elif no_interval:
         message = (f"{change} has no confidence interval {describe_cell(row)} (too few items to resample), so "
                    f"staying within the tolerance {tol:.4g} cannot be shown.")
     elif verdict == INCONCLUSIVE:
-        message = f"{change} may drop by more than the tolerance {tol:.4g} {describe_cell(row)}: the CI cannot tell."
+        message = (f"{change} may {verb[:-1]} by more than the tolerance {tol:.4g} {describe_cell(row)}: the CI "
+                   f"reaches a {noun} of {drops[1]:.4g}, so the CI cannot tell.")
     else:
-        message = f"{change} stays within the tolerance {tol:.4g} {describe_cell(row)}."
+        message = f"{change} stays within the tolerance {tol:.4g} {describe_cell(row)} over its whole CI."
+    if comparison.get("method", "").startswith("unpaired"):
+        message += f" Compared {comparison['method']}."
     if rule.reason:
         message += f" ({rule.reason})"
     return {"kind": "regression", "verdict": verdict, "max_drop": tol, "message": message, "rule": rule.origin,
-            **{k: comparison[k] for k in ("baseline_model", "baseline_value", "delta", "ci", "p_value", "method")}}
+            **{k: comparison[k] for k in keep}}

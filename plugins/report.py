@@ -330,17 +330,24 @@ class ReportSession:
 
     def gate_audit(self) -> dict[str, Any]:
         """Rule and baseline usage over the rows seen so far (clip_robustness.plugins.gates.audit), computed once per row count."""
-        from clip_robustness.plugins.gates import audit
+        from clip_robustness.plugins.gates import audit, baseline_cells
 
         if self._audit[0] != len(self.rows):
             baseline = None if self.config.baseline is None else str(self.config.baseline)
+            if baseline is not None and not hasattr(self, "_baseline_cells"):  # read once: its models and cells
+                self._baseline_cells = baseline_cells(self.config.baseline, self.config.baseline_models,
+                                                      [spec.id for spec in self.config.models])
             self._audit = (len(self.rows), audit(self.config.thresholds, self.rows, baseline=baseline,
                                                  strict=self.config.strict,
-                                                 selection=narrowed_selection(self.pytest_config)))
+                                                 selection=narrowed_selection(self.pytest_config),
+                                                 shard=self.config.shard, baseline_models=self.config.baseline_models,
+                                                 baseline_cells=getattr(self, "_baseline_cells", None)))
         return self._audit[1]
 
     def write_gate_summary(self, tr: Any) -> None:
         """Per rule what it gated / compared, baseline comparisons per model, then warnings and failures."""
+        from clip_robustness.plugins.gates import unmeasured_summary
+
         gates = self.gate_audit()
         for rule in gates["rules"]:
             where = ", ".join(f"{k}={rule[k]}" for k in ("model", "dataset", "condition") if rule[k] != "*")
@@ -350,8 +357,10 @@ class ReportSession:
                           + (f": {rule['note']}" if rule["note"] else ""))
         if gates["baseline"]:
             base = gates["baseline"]
-            tr.write_line(f"baseline {base['path']}: {base['compared']} of {base['cells']} cells compared (" +
-                          ", ".join(f"{m}: {c['compared']}/{c['cells']}" for m, c in base["models"].items()) + ")")
+            tr.write_line(f"baseline {base['path']}: {base['compared']} of {base['cells']} "  # 'measured' beside baseline-only cells
+                          f"{'measured ' * bool(base.get('unmeasured'))}cells compared (" +
+                          ", ".join(f"{m}: {c['compared']}/{c['cells']}" for m, c in base["models"].items()) + ")"
+                          + unmeasured_summary(base))
         for line in gates["warnings"]:
             tr.write_line(f"WARNING: {line}", yellow=True)
         for line in gates["failures"]:

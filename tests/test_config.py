@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
@@ -392,3 +393,58 @@ def test_embedding_cache_option(tmp_path):
             parse_embedding_cache(empty, lambda: default)
         assert str(err.value) == ("--embedding-cache is empty; pass a folder, or off to disable the cache "
                                   "(leave the option out for .pytest_cache/d/rb-embeddings)")
+
+
+def test_a_baseline_cell_given_twice_is_refused_at_start(tmp_path):
+    """Reliability 38: two rows of one cell in a baseline (an edited or concatenated report): the last one
+    silently won; now one sentence naming the cell."""
+    rows = [BASE_ROW, {**BASE_ROW, "value": 0.9}, {**BASE_ROW, "metric": "ece", "value": 0.1}]
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, baseline=_baseline(tmp_path, rows))
+    assert str(err.value) == (f"--baseline {tmp_path / 'base.json'}: the cell top1 of world-rn-tiny:random on "
+                              "world:test (accuracy) is given by two rows; a report holds each cell once, so keep the "
+                              "one that was measured and remove the other")
+
+
+def test_a_baseline_samples_folder_of_another_run_is_refused_at_start(tmp_path):
+    """Reliability 37: samples/RUN_ID names the run that wrote the folder; a samples/ folder copied from another
+    run beside the baseline is refused (the folder of a merged report, which writes no RUN_ID of its own, is not)."""
+    path = tmp_path / "base.json"
+    rows = [{**BASE_ROW, "samples": "samples/abc.npz"}]
+    path.write_text(json.dumps({"run": {"run_id": "20260101T000000Z-aaaaaa"}, "results": rows}))
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "RUN_ID").write_text("20260101T000000Z-aaaaaa\n")
+    assert _build(tmp_path, baseline=str(path)).baseline == path
+    (tmp_path / "samples" / "RUN_ID").write_text("20260202T000000Z-bbbbbb\n")
+    with pytest.raises(ConfigError) as err:
+        _build(tmp_path, baseline=str(path))
+    assert str(err.value) == (f"--baseline {path}: its samples/ folder was written by run 20260202T000000Z-bbbbbb "
+                              "(samples/RUN_ID), not by the report's run 20260101T000000Z-aaaaaa; copy the samples/ "
+                              "folder that was written with base.json")
+    path.write_text(json.dumps({"run": {"run_id": "20260101T000000Z-aaaaaa", "shards": []}, "results": rows}))
+    assert _build(tmp_path, baseline=str(path)).baseline == path
+
+
+def test_the_baseline_identity_is_recorded_in_run_config(tmp_path):
+    """Reliability 41: run.config records the baseline's run_id and the sha256 of its bytes (a shard merge can
+    refuse shards compared with different baseline contents under one path); the schema allows both."""
+    import hashlib
+
+    from clip_robustness.plugins.config import baseline_warnings
+
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({"run": {"run_id": "20260101T000000Z-aaaaaa", "config": {"seed": 1, "limit": None}},
+                                "results": [BASE_ROW]}))
+    cfg = _build(tmp_path, baseline=str(path)).to_json()
+    assert cfg["baseline_run_id"] == "20260101T000000Z-aaaaaa"
+    assert cfg["baseline_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    none = _build(tmp_path).to_json()
+    assert none["baseline_run_id"] is None and none["baseline_sha256"] is None
+    schema = json.loads((Path(__file__).parents[1] / "plugins" / "robustness.schema.json").read_text())
+    assert {"baseline_run_id", "baseline_sha256"} <= set(schema["$defs"]["run"]["properties"]["config"]["properties"])
+    # a baseline run with another --seed: one start-up warning (clip_robustness.plugins.robustness's header)
+    assert baseline_warnings(_build(tmp_path, baseline=str(path))) == [
+        f"--baseline {path}: the baseline was run with --seed 1, this run with 0, so its items differ; no cell is "
+        "paired with it, each is compared unpaired from the two rows' values and CIs (wider), so re-run the baseline "
+        "with this run's options for paired tests"]
+    assert baseline_warnings(_build(tmp_path, baseline=str(path), seed=1)) == []

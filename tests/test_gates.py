@@ -1,6 +1,7 @@
 """Bound gates: verdicts by confidence interval, and the sentence a failure prints."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -150,3 +151,83 @@ def test_rule_sources_for_the_header():
              for i in range(2)] + [Threshold("ood", "auroc", min=0.9, origin="ci/gates.toml[0]")]
     assert rule_sources(rules) == "3 rules (2 from pyproject.toml [tool.robustness], 1 from ci/gates.toml)"
     assert rule_sources([]) == "0 rules"
+
+
+def _base_cells(*datasets, model="m"):
+    return {"holds": ["base-m"], "cells": [["accuracy", model, d, "", "top1"] for d in datasets]}
+
+
+def test_a_max_drop_rule_whose_cells_only_the_baseline_has_is_unmatched():
+    """QA (W1): a max_drop rule for a dataset only the baseline measured (the run was not given its --data) compared
+    nothing, and the audit called it 'not applicable' with the run green under --rb-strict; the baseline summary
+    counted this run's cells only ("10 of 10 cells compared")."""
+    from clip_robustness.plugins.gates import audit, unmeasured_summary
+
+    compared = {"comparison": {"delta": 0.0}, "gates": [{"kind": "regression", "verdict": "pass", "rule": "r[0]"}]}
+    rows = [_cell(property="accuracy", metric="top1", model="m", extra=compared)]
+    rules = [Threshold("accuracy", "top1", dataset="world:test", max_drop=0.02, origin="r[0]"),
+             Threshold("accuracy", "top1", dataset="wx", max_drop=0.02, origin="r[1]"),
+             Threshold("accuracy", "top1", dataset="imagenet-r", max_drop=0.02, origin="r[2]"),  # neither has it
+             Threshold("calibration", "ece", max_drop=0.02, origin="r[3]")]
+    cells = {"holds": ["m"], "cells": [["accuracy", "m", "world:test", "", "top1"], ["accuracy", "m", "wx", "a", "top1"],
+                                       ["accuracy", "m", "wx", "b", "top1"], ["calibration", "m", "wx", "", "ece"]]}
+    strict = audit(rules, rows, baseline="base.json", strict=True, baseline_cells=cells)
+    usage = {r["origin"]: r for r in strict["rules"]}
+    note = ("the baseline has 2 cells it matches (dataset 'wx') that this run did not measure, so it compared "
+            "nothing; pass the same --data (and selection) as the baseline's run")
+    assert (usage["r[1]"]["status"], usage["r[1]"]["note"]) == ("unmatched", note)
+    assert strict["failures"] == [f"threshold rule r[1] matched no cell: {note}."]
+    assert usage["r[0]"]["status"] == "applied"
+    assert (usage["r[2]"]["status"], usage["r[2]"]["note"]) == ("not applicable", "no 'imagenet-r' cell was measured "
+                                                                                  "in this run")
+    assert (usage["r[3]"]["status"], usage["r[3]"]["note"]) == (  # a property this run did not select at all
+        "not applicable", "no 'calibration' cell was measured in this run (the baseline has 1 cell it matches)")
+    lax = audit(rules, rows, baseline="base.json", strict=False, baseline_cells=cells)
+    assert lax["failures"] == [] and lax["warnings"] == [strict["failures"][0][:-1] + " (--rb-strict fails the run on it)."]
+    base = strict["baseline"]
+    assert (base["cells"], base["compared"], len(base["unmeasured"])) == (1, 1, 3)
+    assert unmeasured_summary(base) == "; 3 baseline cells have no counterpart in this run: wx (2 accuracy, 1 calibration)"
+    assert unmeasured_summary(audit([], rows, baseline="b", strict=False, baseline_cells=_base_cells("world:test"))[
+        "baseline"]) == ""
+
+
+def test_baseline_cells_are_read_from_the_baseline_under_the_run_model_ids(tmp_path):
+    from clip_robustness.plugins.gates import baseline_cells
+
+    row = {"property": "accuracy", "dataset": "wx", "condition": "", "metric": "top1", "value": 0.5}
+    path = tmp_path / "robustness.json"
+    path.write_text(json.dumps({"run": {}, "results": [{**row, "model": "parent"}, {**row, "model": "other"}]}))
+    assert baseline_cells(path, {"child": "parent"}, ["child", "third"]) == {
+        "holds": ["other", "parent"], "cells": [["accuracy", "child", "wx", "", "top1"]]}
+    assert baseline_cells(tmp_path / "missing.json", {}, ["child"]) is None
+
+
+def test_zero_comparisons_in_a_shard_warn_and_the_advice_fits_the_options():
+    """QA (U2): a --shard job whose tests have no baseline counterpart failed (the whole run compared cells), and
+    its sentence advised --baseline-model although it was given."""
+    from clip_robustness.plugins.gates import audit
+
+    rows = [_cell(model="child", property="accuracy", metric="top1", dataset="world:test")]
+    cells = {"holds": ["other", "parent"], "cells": [["accuracy", "child", "wx", "", "top1"]]}
+    shard = audit([], rows, baseline="b.json", strict=True, shard=(2, 2), baseline_models={"child": "parent"},
+                  baseline_cells=cells)
+    assert shard["failures"] == [] and shard["warnings"] == [
+        "--baseline b.json was compared with none of the 1 cells of shard 2/2; that fails nothing here, as other "
+        "shards may measure the cells the baseline has: the merged report's audit fails the run if no shard compared any."]
+    whole = audit([], rows, baseline="b.json", strict=False, baseline_models={"child": "parent"}, baseline_cells=cells)
+    assert whole["failures"] == [
+        "--baseline b.json was compared with 0 of the 1 measured cells: none has a counterpart there (the baseline holds "
+        "models [other, parent]; of parent, paired by --baseline-model child=parent, it has 1 cell, none with this "
+        "run's property, dataset, condition and metric; this run's cells that could not be paired: accuracy/top1 on "
+        "world:test), so no regression gate checked anything; pass a baseline measured with the same properties, "
+        "--data and options as this run."]
+    assert "pass --baseline-model" not in whole["failures"][0]
+    named = audit([], rows, baseline="b.json", strict=False, baseline_cells=cells)  # not given, and needed
+    assert named["failures"][0].endswith("none has a counterpart there (it holds models [other, parent], not child), so "
+                                         "no regression gate checked anything; pass --baseline-model "
+                                         "MODEL=BASELINE_MODEL to name the baseline's model.")
+    unmatched = audit([Threshold("accuracy", "top1", dataset="wx", max_drop=0.02, origin="r[0]")], rows,
+                      baseline="b.json", strict=True, shard=(1, 2), baseline_models={"child": "parent"},
+                      baseline_cells=cells)  # its cells may be on the other shard
+    assert unmatched["failures"] == [] and unmatched["warnings"][0].startswith("threshold rule r[0] matched no cell")
+    assert "this is shard 1/2" in unmatched["warnings"][0]

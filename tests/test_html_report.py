@@ -132,7 +132,8 @@ def build_report(report_dir: Path, models: dict[str, dict[str, str]] = MODELS) -
     regression = row("ood", M1, "world:test", "ood_set=world:heldout;score=mcm", "auroc", 0.81)
     regression["gate"] = {"kind": "regression", "baseline_model": M1 + "@baseline", "baseline_value": 0.9,
                           "delta": -0.09, "ci": [-0.12, -0.06], "p_value": 0.0012, "max_drop": 0.02,
-                          "verdict": "fail", "message": f"auroc dropped by 0.09 vs baseline for {M1}: regression."}
+                          "verdict": "fail", "message": f"auroc dropped by 0.09 vs baseline for {M1}: regression.",
+                          "method": "unpaired (the baseline was run with --seed 1, this run with 0, so its items differ)"}
     rows.append(regression)
     (report_dir / "samples").mkdir(exist_ok=True)
     (report_dir / "samples" / "corrupt.npz").write_bytes(b"this is not a zip file")
@@ -297,6 +298,36 @@ def test_regression_view(rendered):
     text = [td.all_text() for td in rows[0].iter("td")]
     assert M1 + "@baseline" in text and "-0.09" in text and "[-0.12, -0.06]" in text and "0.0012" in text
     assert reg.iter("svg")
+    # reliability 42: the section said "on the same samples (paired test)" of unpaired comparisons too
+    assert "unpaired (the baseline was run with --seed 1, this run with 0, so its items differ)" in text
+    lead = reg.find("p", **{"class": "lead"})[0].all_text()
+    assert "0 of the 1 comparisons are on the same samples" in lead and "1 are unpaired" in lead
+
+
+def test_the_regression_lead_says_which_comparisons_are_paired():
+    """Reliability 42: each comparison's method is in the table, and the lead counts the unpaired ones."""
+    from clip_robustness.plugins.html.regression import regression_view
+
+    class NoFigures:
+        def render(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    def cell(metric: str, method: str) -> dict[str, Any]:
+        return {"model": M1, "property": "accuracy", "dataset": "world:test", "condition": "", "metric": metric,
+                "value": 0.9, "higher_is_better": True, "gate": None,
+                "extra": {"comparison": {"baseline_model": M1, "baseline_value": 0.9, "delta": 0.0, "ci": [0.0, 0.0],
+                                         "p_value": 1.0, "method": method}}}
+
+    paired = cell("top1", "McNemar exact (p) + paired bootstrap (CI)")
+    view = regression_view([paired], NoFigures())
+    assert view["lead"] == "Each candidate against its baseline on the same samples (paired test)."
+    unpaired = cell("ece", "unpaired (the baseline's per-sample file samples/x.npz does not match its row: …)")
+    view = regression_view([paired, unpaired], NoFigures())
+    assert view["unpaired"] == 1 and view["lead"].startswith(
+        "Each candidate against its baseline: 1 of the 2 comparisons are on the same samples (paired test); 1 are "
+        "unpaired or not compared")
+    assert sorted(r["method"] for r in view["rows"]) == sorted(c["extra"]["comparison"]["method"]
+                                                              for c in (paired, unpaired))
 
 
 def test_names_from_data_are_escaped(rendered):

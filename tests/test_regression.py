@@ -409,3 +409,174 @@ def test_expanded_confidence_matches_hesterbergs_formula_by_hand():
     assert expanded_confidence(6) > expanded_confidence(16) > expanded_confidence(100) > 0.95  # wider with fewer items
     result = doctest.testmod(regression, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 2
+
+
+# ---------------------------------------------------------- what may be paired, and how a max_drop gate decides
+
+
+def _baseline_dir(tmp_path, cells, config=None):
+    """A baseline report in ``tmp_path``: per (model, correct) a top1 row on world:test of 300 items with its
+    per-sample file written as the report writes it (named by its arrays' digest)."""
+    from clip_robustness.plugins.report import save_samples
+
+    (tmp_path / "samples").mkdir(exist_ok=True)
+    rows, arrays = [], {}
+    for model, correct in cells:
+        logits, labels = _logits_with_accuracy(correct)
+        arrays[model] = {"logits": logits, "labels": labels}
+        rel = save_samples(tmp_path, arrays[model])
+        rows.append({**_cls_row(logits, labels), "model": model, "dataset": "world:test",
+                     "ci": [float(correct.mean()) - 0.02, float(correct.mean()) + 0.02],
+                     "n": int(correct.size), "samples": rel, "extra": {}})
+    path = tmp_path / "robustness.json"
+    path.write_text(json.dumps({"run": {"run_id": "20260101T000000Z-aaaaaa",
+                                        "config": config or {"seed": 0, "limit": None, "data": {}}},
+                                "results": rows}))
+    return path, rows, arrays
+
+
+RUN = {"seed": 0, "limit": None, "data": {}}  # this run's options that decide its items (a RunConfig's fields)
+
+
+def test_a_baseline_sample_file_that_does_not_match_its_row_is_not_paired(tmp_path):
+    """Reliability 35: rn-clip's per-sample file overwritten with another model's arrays paired the candidate with
+    those (Δ=+0, pass) while the rows said 0.93 -> 0.75. A file whose arrays do not hash to its name, or do not
+    give its row's value, is not paired with: the comparison is the unpaired one of the rows' values, saying why."""
+    from clip_robustness.plugins.regression import Baseline, compare_with_baseline
+    from clip_robustness.plugins.report import arrays_digest
+
+    rng = np.random.default_rng(7)
+    good, bad = rng.random(300) < 0.93, rng.random(300) < 0.75
+    path, rows, arrays = _baseline_dir(tmp_path, [("base", good), ("other", bad)])
+    rel, other_rel = rows[0]["samples"], rows[1]["samples"]
+    shutil.copyfile(tmp_path / other_rel, tmp_path / rel)  # the 0.93 row's file now holds the 0.75 arrays
+    candidate = {**rows[1], "model": "base"}  # a candidate with exactly the other model's outputs
+    rule = Threshold("accuracy", "top1", max_drop=0.02)
+    comparison = compare_with_baseline(candidate, arrays["other"], Baseline.load(path, {}), RUN, templates="openai",
+                                       seed=0)
+    stem = arrays_digest(arrays["other"])[:20]
+    assert comparison["method"] == (f"unpaired (the baseline's per-sample file {rel} does not match its row: its "
+                                    f"arrays hash to {stem}, not to its name {rel[8:-4]})")
+    assert comparison["delta"] == pytest.approx(bad.mean() - good.mean())
+    gate = regression_verdict(candidate, comparison, rule)
+    assert gate["verdict"] == "fail" and "drops by more than the tolerance 0.02" in gate["message"]
+    assert f"Compared unpaired (the baseline's per-sample file {rel} does not match its row" in gate["message"]
+
+    # the row edited to name another cell's (intact) file: the name matches its arrays, the value does not
+    edited = {**rows[0], "samples": other_rel}
+    path.write_text(json.dumps({"run": {"config": RUN}, "results": [edited, rows[1]]}))
+    comparison = compare_with_baseline(candidate, arrays["other"], Baseline.load(path, {}), RUN, templates="openai",
+                                       seed=0)
+    assert comparison["method"] == (f"unpaired (the baseline's per-sample file {other_rel} does not match its row: "
+                                    f"its arrays give top1 {bad.mean():.4g}, the row says {good.mean():.4g})")
+    # an intact file is paired
+    intact = compare_with_baseline({**candidate, "model": "other"}, arrays["other"], Baseline.load(path, {}), RUN,
+                                   templates="openai", seed=0)
+    assert intact["method"] == "McNemar exact (p) + paired bootstrap (CI)" and intact["delta"] == 0
+
+
+@pytest.mark.parametrize("config, why", [
+    ({"seed": 1, "limit": None, "data": {}}, "the baseline was run with --seed 1, this run with 0, so its items differ"),
+    ({"seed": 0, "limit": 50, "data": {}}, "the baseline was run with --limit 50, this run with none, so its items "
+                                           "differ"),
+    ({"seed": 0, "limit": None, "data": {"imagenet": "/a"}}, None),  # a set this run does not measure
+])
+def test_a_baseline_of_other_items_pairs_no_cell(tmp_path, config, why):
+    """Reliability 36: world items drawn with another --seed (or fewer with another --limit) have the same shapes,
+    and OOD, factor and shape-bias rows carry no labels or items digest to tell: they were paired item by item
+    with other items. The baseline's run.config decides: no cell is paired, each comparison says why."""
+    from clip_robustness.plugins.regression import Baseline, compare_with_baseline
+
+    correct = np.random.default_rng(8).random(300) < 0.9
+    path, rows, arrays = _baseline_dir(tmp_path, [("base", correct)], config)
+    comparison = compare_with_baseline(rows[0], arrays["base"], Baseline.load(path, {}),
+                                       {**RUN, "data": {"imagenet-r": "/b"}}, templates="openai", seed=0)
+    assert comparison["method"] == (f"unpaired ({why})" if why else "McNemar exact (p) + paired bootstrap (CI)")
+
+
+def test_a_baseline_cell_whose_value_is_undefined_fails_its_max_drop_gate(tmp_path):
+    """Reliability 39: a baseline cell recorded as null dropped its max_drop gate without a word."""
+    from clip_robustness.plugins.regression import Baseline, compare_with_baseline
+
+    row = {"property": "calibration", "model": "m", "dataset": "world:test", "condition": "", "metric": "ece",
+           "value": 0.05, "ci": [0.03, 0.07], "higher_is_better": False, "samples": None, "extra": {}}
+    base = {**row, "value": None, "ci": None, "extra": {"undefined": "ece is undefined with one class"}}
+    path = tmp_path / "robustness.json"
+    path.write_text(json.dumps({"run": {"config": RUN}, "results": [base]}))
+    comparison = compare_with_baseline(row, None, Baseline.load(path, {}), RUN, templates="openai", seed=0)
+    assert comparison["delta"] is None and comparison["method"] == (
+        "not compared: undefined in the baseline (ece is undefined with one class)")
+    gate = regression_verdict(row, comparison, Threshold("calibration", "ece", max_drop=0.01))
+    assert gate["verdict"] == "fail"
+    assert gate["message"] == ("ece 0.05 for m on world:test cannot be checked against the tolerance 0.01: the "
+                               "baseline m's value is undefined (ece is undefined with one class), so there is "
+                               "nothing to measure its rise from.")
+    both = undefined_comparison({**row, "value": None, "extra": {"undefined": "no samples"}}, base)
+    assert both["method"] == ("not compared: undefined in this run (no samples) and in the baseline (ece is "
+                              "undefined with one class)")
+    assert regression_verdict({**row, "value": None}, both, Threshold("calibration", "ece", max_drop=0.01))[
+        "verdict"] == "fail"
+
+
+@pytest.mark.parametrize("ci, verdict", [
+    ((-0.12, 0.08), "inconclusive"),  # QA's case: it read "stays within the tolerance"
+    ((-0.019, 0.01), "pass"),
+    ((-0.021, -0.019), "inconclusive"),
+    ((-0.09, -0.03), "fail"),
+])
+def test_max_drop_is_a_non_inferiority_test_on_the_whole_ci(ci, verdict):
+    """Reliability 40: a max_drop gate passes only when the whole CI of the drop is within the tolerance, as a bound
+    passes only when the whole CI clears it; it fails when the whole CI is beyond it."""
+    row = {**_cls_row(np.eye(3), np.arange(3)), "value": 0.9}
+    comparison = {"delta": (ci[0] + ci[1]) / 2, "ci": list(ci), "baseline_model": "base", "baseline_value": 0.92,
+                  "p_value": 0.3, "method": "paired bootstrap"}
+    gate = regression_verdict(row, comparison, Threshold("accuracy", "top1", max_drop=0.02))
+    assert gate["verdict"] == verdict, gate["message"]
+    if verdict == "inconclusive":
+        assert "may drop by more than the tolerance 0.02 for m on d: the CI reaches a drop of" in gate["message"]
+        assert gate["message"].endswith("so the CI cannot tell.")
+
+
+def test_a_lower_is_better_metric_that_rises_is_said_to_rise():
+    """Reliability 40: an ECE or FPR95 that rises is worse; the sentences said it "drops"."""
+    row = {"property": "ood", "model": "m", "dataset": "world:far-ood", "condition": "", "metric": "fpr95",
+           "value": 0.3, "ci": None, "higher_is_better": False}
+    comparison = {"delta": 0.1, "ci": [0.05, 0.15], "baseline_model": "base", "baseline_value": 0.2,
+                  "p_value": 0.001, "method": "paired stratified bootstrap"}
+    rule = Threshold("ood", "fpr95", max_drop=0.02)
+    assert "vs baseline base rises by more than the tolerance 0.02" in regression_verdict(row, comparison, rule)["message"]
+    unsure = regression_verdict(row, {**comparison, "delta": 0.01, "ci": [-0.01, 0.03]}, rule)
+    assert "may rise by more than the tolerance 0.02" in unsure["message"] and "drop" not in unsure["message"]
+
+
+def test_an_overwritten_sample_file_and_another_seed_end_to_end(pytester, run_harness, monkeypatch):
+    """Reliability 35, 36 and 41 through the harness: the overwritten file fails the gate it passed (Δ=+0), a
+    baseline of another --seed is one WARNING line at start and unpaired comparisons, run.config names the baseline."""
+    import hashlib
+
+    monkeypatch.setenv("MODEL", RANDOM_MODEL)
+    baseline = _baseline_run(pytester, run_harness)
+    monkeypatch.setenv("QUALITY", "1")  # a worse model's outputs
+    run_harness("--model", RANDOM_MODEL, "--report-dir", "worse").assert_outcomes(passed=1)
+    (rel,) = [r["samples"] for r in json.loads(baseline.read_text())["results"]]
+    (worse_rel,) = [r["samples"] for r in json.loads((pytester.path / "worse" / "robustness.json").read_text())["results"]]
+    shutil.copyfile(pytester.path / "worse" / worse_rel, baseline.parent / rel)
+    result = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--thresholds", "gates.toml")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([f"*top1 0.9* -> 0.* vs baseline {RANDOM_MODEL} drops by more than the tolerance "
+                                 f"0.01 * Compared unpaired (the baseline's per-sample file {rel} does not match its "
+                                 "row: its arrays hash to *"])
+    report = json.loads((pytester.path / "reports" / "robustness.json").read_text())
+    base_run = json.loads(baseline.read_text())["run"]
+    assert report["run"]["config"]["baseline_run_id"] == base_run["run_id"]
+    assert report["run"]["config"]["baseline_sha256"] == hashlib.sha256(baseline.read_bytes()).hexdigest()
+
+    monkeypatch.delenv("QUALITY")
+    other_seed = run_harness("--model", RANDOM_MODEL, "--baseline", str(baseline), "--report-dir", "seed1",
+                             "--seed", "1")
+    other_seed.stdout.fnmatch_lines([f"robustness: WARNING: --baseline {baseline}: the baseline was run with --seed 0, "
+                                     "this run with 1, so its items differ; no cell is paired with it*"])
+    assert other_seed.stdout.str().count("WARNING: --baseline") == 1
+    (row,) = json.loads((pytester.path / "seed1" / "robustness.json").read_text())["results"]
+    assert row["extra"]["comparison"]["method"] == (
+        "unpaired (the baseline was run with --seed 0, this run with 1, so its items differ)")

@@ -410,6 +410,99 @@ def test_merged_run_section_is_recomputed_from_the_merged_rows(real_shards, tmp_
     assert (k2(run)["gated"], k2(run)["status"]) == (1, "applied")
 
 
+def test_merged_report_folder_has_its_run_id(real_shards, tmp_path):
+    """QA (M): every report folder has samples/RUN_ID (README); the merged one had none."""
+    from clip_robustness.plugins.merge import main as merge_main
+
+    assert merge_main([*_shard_copies(real_shards, tmp_path), "--out", str(tmp_path / "out")]) == 0
+    run_id = json.loads((tmp_path / "out" / "robustness.json").read_text())["run"]["run_id"]
+    assert (tmp_path / "out" / "samples" / "RUN_ID").read_text() == run_id + "\n"
+
+
+def test_merge_refuses_shards_compared_with_different_baseline_contents(real_shards, tmp_path, capsys):
+    """QA (T1/T2): shards compared with different files under one --baseline path merged silently. Reports that
+    record the baseline's run id and sha256 (run.config.baseline_run_id / baseline_sha256) are compared on them."""
+    from clip_robustness.plugins.merge import main as merge_main
+
+    def baseline(run_id=None, sha=None):
+        def edit(run):
+            run["config"]["baseline"] = "base/robustness.json"
+            for key, value in (("baseline_run_id", run_id), ("baseline_sha256", sha)):
+                run["config"].pop(key, None)  # a report from before these were recorded has neither
+                if value:
+                    run["config"][key] = value
+        return edit
+
+    def copies(where, first, second):
+        paths = _shard_copies(real_shards, tmp_path / where, second)
+        data = json.loads(Path(paths[0]).read_text())
+        first(data["run"])
+        Path(paths[0]).write_text(json.dumps(data))
+        return paths
+
+    paths = copies("sha", baseline("R1", "a" * 64), baseline("R1", "b" * 64))
+    assert merge_main([*paths, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: shards differ in the baseline's contents (run.config.baseline_sha256): sha256 aaaaaaaaaaaa in "
+                   f"{paths[0]}, sha256 bbbbbbbbbbbb in {paths[1]}; re-run every shard against the same baseline report "
+                   "(the file under that path changed between jobs)\n")
+    paths = copies("id", baseline("R1", "a" * 64), baseline("R2", "a" * 64))
+    assert merge_main([*paths, "--out", str(tmp_path / "out")]) == 2
+    assert "shards differ in the baseline's run id (run.config.baseline_run_id): R1 in" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # merged (exit 1 only because the hand-set baseline compared no cell: the merged audit's failure, not a refusal)
+    for where, first in (("same", baseline("R1", "a" * 64)), ("older", baseline())):  # older: not recorded, not compared
+        paths = copies(where, first, baseline("R1", "a" * 64))
+        assert merge_main([*paths, "--out", str(tmp_path / where / "out")]) == 1
+        assert capsys.readouterr().err.startswith("FAILED: --baseline base/robustness.json was compared with 0 of")
+        assert (tmp_path / where / "out" / "robustness.json").is_file()
+
+
+def test_a_shard_without_baseline_counterparts_passes_and_the_merge_decides(real_shards, tmp_path, capsys):
+    """QA (U1/U2): under --shard, a job whose share of the tests has no baseline counterpart failed although the whole
+    run compared cells (and CI then skipped the merge). A shard only warns; the merged audit fails the run when no
+    shard compared any cell. QA (W1): a max_drop rule for cells only the baseline has is unmatched, not 'not
+    applicable', and the summary counts the baseline's cells this run did not measure."""
+    from clip_robustness.plugins.merge import main as merge_main
+
+    root = real_shards[0].parent
+    shutil.copytree(real_shards[1], tmp_path / "base")  # the baseline: shard 2's cells (k=1, k=2) only
+    base = tmp_path / "base" / "robustness.json"
+    data = json.loads(base.read_text())
+    data["results"].append({**data["results"][0], "dataset": "wx", "condition": "k=0", "gate": None, "extra": {}})
+    base.write_text(json.dumps(data))
+    (tmp_path / "gates.toml").write_text('[[thresholds]]\nproperty = "accuracy"\nmetric = "top1"\ndataset = "wx"\n'
+                                         'max_drop = 0.02\n')
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q", "--rb-strict",
+             f"--embedding-cache={root / '.emb'}", f"--model={RANDOM_MODEL}", f"--baseline={base}",
+             f"--thresholds={tmp_path / 'gates.toml'}", *args],
+            cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+
+    shards = []
+    for i in (1, 2):
+        done = run(f"--shard={i}/2", f"--report-dir={tmp_path / f'shard{i}'}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        shards.append(str(tmp_path / f"shard{i}" / "robustness.json"))
+    first = json.loads(Path(shards[0]).read_text())["run"]["gates"]
+    assert first["failures"] == [] and any("compared with none of the 1 cells of shard 1/2" in w
+                                           for w in first["warnings"]), first
+    assert merge_main([*shards, "--out", str(tmp_path / "merged")]) == 1  # the wx rule compared nothing
+    out = capsys.readouterr()
+    assert "FAILED: threshold rule" in out.err and "the baseline has 1 cell it matches (dataset 'wx')" in out.err
+    gates = json.loads((tmp_path / "merged" / "robustness.json").read_text())["run"]["gates"]
+    assert (gates["baseline"]["cells"], gates["baseline"]["compared"]) == (3, 2)
+    assert gates["baseline"]["unmeasured"] == [["accuracy", RANDOM_MODEL, "wx", "k=0", "top1"]]
+
+    whole = run(f"--report-dir={tmp_path / 'whole'}")  # unsharded: the rule fails the run under --rb-strict
+    assert whole.returncode == 1, whole.stdout + whole.stderr
+    assert f"baseline {base}: 2 of 3 measured cells compared ({RANDOM_MODEL}: 2/3); 1 baseline cell has no " \
+           "counterpart in this run: wx (1 accuracy)" in whole.stdout
+    assert "FAILED: threshold rule " in whole.stdout and "that this run did not measure" in whole.stdout
+
+
 def _assert_valid(run):
     import jsonschema
 

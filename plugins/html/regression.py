@@ -39,13 +39,40 @@ def regression_view(rows: list[dict[str, Any]], renderer: FigureRenderer) -> dic
             "baseline_value": fmt(g.get("baseline_value")),
             "delta": "n/a" if delta is None else f"{float(delta):+.4g}", "ci": fmt_ci(g.get("ci")),
             "p_value": fmt(g.get("p_value"), 3), "max_drop": fmt(g.get("max_drop"), 3), "verdict": g["verdict"],
-            "message": g.get("message") or "",
+            "message": g.get("message") or "", "method": g.get("method") or "",
+            "paired": _paired(g),
         })
     shown = reg[:MAX_FOREST_ROWS]
     figure = renderer.render(Plot("Change vs baseline", lambda fig: _forest(fig, shown), (7.0, 0.9 + 0.22 * len(shown)),
                                   "Change in the metric's good direction (+ = better) with its 95% CI; "
                                   "red tick: the allowed drop."), view=REGRESSION_VIEW)
-    return {"rows": table, "figure": figure, "omitted": len(reg) - len(shown)}
+    unpaired = sum(t["paired"] is False for t in table)
+    unknown = sum(t["paired"] is None for t in table)
+    return {"rows": table, "figure": figure, "omitted": len(reg) - len(shown), "unpaired": unpaired,
+            "lead": _lead(len(table), unpaired, unknown)}
+
+
+def _paired(comparison: dict[str, Any]) -> bool | None:
+    """Whether a comparison was made on the same samples (a paired test), from its recorded method; None when it
+    records none."""
+    method = str(comparison.get("method") or "")
+    if not method:
+        return None
+    return not method.startswith(("unpaired", "not compared"))
+
+
+def _lead(total: int, unpaired: int, unknown: int = 0) -> str:
+    """The section's first sentence: which comparisons are paired, so none reads as paired that was not."""
+    if unpaired == unknown == 0:
+        return "Each candidate against its baseline on the same samples (paired test)."
+    paired = total - unpaired - unknown
+    parts = [f"{paired} of the {total} comparisons are on the same samples (paired test)"]
+    if unpaired:
+        parts.append(f"{unpaired} are unpaired or not compared (the two values with their CIs as independent "
+                     "estimates, or a value that is undefined): the method column says why")
+    if unknown:
+        parts.append(f"{unknown} record no method")
+    return "Each candidate against its baseline: " + "; ".join(parts) + "."
 
 
 def _regression_rank(row: dict[str, Any]) -> tuple[Any, ...]:
