@@ -546,18 +546,3 @@ def _baseline_identity(path: Path) -> tuple[str | None, str]:
     except OSError as err:
         raise ConfigError(f"--baseline {path}: cannot read it ({err})") from None
     return (run_id if isinstance(run_id, str) else None), digest
-
-
-def baseline_warnings(config: RunConfig) -> list[str]:
-    """Start-up warnings about the --baseline (one line each): a baseline run over other items (another
-    --seed, --limit or --data path), whose cells are all compared unpaired."""
-    if config.baseline is None:
-        return []
-    from clip_robustness.plugins.regression import items_differ
-
-    run = load_baseline(config.baseline).run.get("config")
-    why = items_differ(run, config) if isinstance(run, dict) else None
-    if why is None:
-        return []
-    return [f"--baseline {config.baseline}: {why}; no cell is paired with it, each is compared unpaired from "
-            "the two rows' values and CIs (wider), so re-run the baseline with this run's options for paired tests"]

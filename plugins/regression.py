@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clip_robustness.plugins.config import Threshold
+from clip_robustness.plugins.config import Threshold, load_baseline
 from clip_robustness.plugins.gates import FAIL, INCONCLUSIVE, PASS, describe_cell
 from clip_robustness.plugins.metrics import CLASSIFICATION_SAMPLES, OOD_SAMPLES, metric_info
 from clip_robustness.plugins.rows import load_report, row_key
@@ -135,13 +135,13 @@ class Baseline:
 
 def sample_file_mismatch(row: dict[str, Any], rel: str, arrays: dict[str, np.ndarray]) -> str | None:
     """Why a per-sample file's ``arrays`` are not the ones its ``row`` was computed from; None when they are:
-    their content digest (clip_robustness.plugins.report.arrays_digest, which names the file) must be the
+    their content digest (clip_robustness.plugins.stats.named_arrays_digest, which names the file) must be the
     file's name, and where the metric has a ``recompute`` the arrays must give the row's value."""
-    from clip_robustness.plugins.report import arrays_digest
+    from clip_robustness.plugins.stats import named_arrays_digest
 
     name = Path(rel).stem
     try:
-        digest = arrays_digest(arrays)
+        digest = named_arrays_digest(arrays)
     except (TypeError, ValueError):
         digest = None
     if digest is None or digest[:len(name)] != name or len(name) < 8:
@@ -192,6 +192,19 @@ def items_differ(base_config: dict[str, Any], run: Any) -> str | None:
                 return (f"the baseline was run with --data {name}={base_data[name]}, this run with "
                         f"{name}={data[name]}, so its items differ")
     return None
+
+
+def baseline_warnings(config: Any) -> list[str]:
+    """Start-up warnings about the --baseline (one line each): a baseline run over other items (another
+    --seed, --limit or --data path), whose cells are all compared unpaired."""
+    if config.baseline is None:
+        return []
+    run = load_baseline(config.baseline).run.get("config")
+    why = items_differ(run, config) if isinstance(run, dict) else None
+    if why is None:
+        return []
+    return [f"--baseline {config.baseline}: {why}; no cell is paired with it, each is compared unpaired from "
+            "the two rows' values and CIs (wider), so re-run the baseline with this run's options for paired tests"]
 
 
 def expanded_confidence(n: int, confidence: float = 0.95) -> float:

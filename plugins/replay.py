@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from clip_robustness.fixtures.zoo import file_sha256
-from clip_robustness.plugins.report import arrays_digest, package_versions
+from clip_robustness.plugins.report import package_versions
+from clip_robustness.plugins.stats import named_arrays_digest
 from clip_robustness.plugins.state import test_id
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding plugins/ and fixtures/
@@ -298,7 +299,7 @@ class ResultCache:
         for call in calls:
             call = dict(call)
             samples = call.pop("arrays", None)
-            call["samples"] = arrays_digest(samples) if samples else None
+            call["samples"] = named_arrays_digest(samples) if samples else None
             call["sample_names"] = sorted(samples) if samples else []
             for name, value in (samples or {}).items():
                 if (call["samples"], name) not in written:  # tests pass one samples dict to many rows

@@ -48,21 +48,15 @@ PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scipy", "scikit
 SAMPLES_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
-def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
-    """The content digest of named arrays (clip_robustness.plugins.stats.arrays_digest, names sorted)."""
-    from clip_robustness.plugins.stats import arrays_digest as digest_of
-
-    names = sorted(arrays)
-    return digest_of([arrays[k] for k in names], names)
-
-
 def save_samples(report_dir: Path, arrays: dict[str, np.ndarray]) -> str:
     """Write per-sample arrays once per content; returns the path relative to ``report_dir`` (this run's
     staging folder). The name is a digest of the arrays, so the work is done once per content: a file
     this run already wrote is kept, one the previous report in the folder above holds is linked, not
     compressed again (a warm re-run records the same arrays)."""
     # Name by the arrays' content (not the zip bytes, which hold timestamps) so identical outputs share a file.
-    rel = f"samples/{arrays_digest(arrays)[:20]}.npz"
+    from clip_robustness.plugins.stats import named_arrays_digest
+
+    rel = f"samples/{named_arrays_digest(arrays)[:20]}.npz"
     path = Path(report_dir) / rel
     if path.exists():
         return rel

@@ -240,7 +240,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             lines.append(f"robustness: WARNING: --baseline {rb.baseline} holds no model {', '.join(lacking)} "
                          f"(it holds {', '.join(known)}); those models are not compared: pass --baseline-model "
                          f"MODEL=BASELINE_MODEL to compare them")
-        from clip_robustness.plugins.config import baseline_warnings
+        from clip_robustness.plugins.regression import baseline_warnings
 
         lines += [f"robustness: WARNING: {line}" for line in baseline_warnings(rb)]
     return lines

@@ -418,6 +418,12 @@ def _source_digest(module: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
+def named_arrays_digest(arrays: dict[str, np.ndarray]) -> str | None:
+    """The content digest of named arrays, names sorted: what names a per-sample file (plugins.report.save_samples)."""
+    names = sorted(arrays)
+    return arrays_digest([arrays[k] for k in names], names)
+
+
 def arrays_digest(arrays: Sequence[Any], names: Sequence[str] | None = None) -> str | None:
     """sha256 of arrays' (names,) dtypes, shapes and bytes; None for object arrays (no stable bytes). The one
     digest of array content: CI cache keys, per-sample file names, result-cache entries."""

@@ -430,7 +430,7 @@ def test_the_baseline_identity_is_recorded_in_run_config(tmp_path):
     refuse shards compared with different baseline contents under one path); the schema allows both."""
     import hashlib
 
-    from clip_robustness.plugins.config import baseline_warnings
+    from clip_robustness.plugins.regression import baseline_warnings
 
     path = tmp_path / "base.json"
     path.write_text(json.dumps({"run": {"run_id": "20260101T000000Z-aaaaaa", "config": {"seed": 1, "limit": None}},

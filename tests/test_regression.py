@@ -443,7 +443,7 @@ def test_a_baseline_sample_file_that_does_not_match_its_row_is_not_paired(tmp_pa
     those (Δ=+0, pass) while the rows said 0.93 -> 0.75. A file whose arrays do not hash to its name, or do not
     give its row's value, is not paired with: the comparison is the unpaired one of the rows' values, saying why."""
     from clip_robustness.plugins.regression import Baseline, compare_with_baseline
-    from clip_robustness.plugins.report import arrays_digest
+    from clip_robustness.plugins.stats import named_arrays_digest as arrays_digest
 
     rng = np.random.default_rng(7)
     good, bad = rng.random(300) < 0.93, rng.random(300) < 0.75
