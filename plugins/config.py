@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from clip_robustness.fixtures.models import ModelSpec, ModelSpecError, parse_model_spec
 
@@ -254,9 +254,18 @@ class RunConfig:
         out["data_options"] = {k: {o: str(f) for o, f in v.items()} for k, v in self.data_options.items()}
         out["baseline_models"] = dict(self.baseline_models)
         out["thresholds"] = [asdict(t) for t in self.thresholds]
+        out["template_files"] = template_file_digests(self.templates)
         for key in ("baseline", "report_dir", "cache_dir", "thresholds_file"):
             out[key] = None if out[key] is None else str(out[key])
         return out
+
+
+def template_file_digests(templates: Sequence[str]) -> dict[str, str]:
+    """``--templates`` value -> sha256 of the file, for each template set given as a file: its cells are named
+    ``templates=VALUE``, so a baseline's cells under one name may have measured other prompts."""
+    import hashlib
+
+    return {t: hashlib.sha256(Path(t).read_bytes()).hexdigest() for t in templates if Path(t).is_file()}
 
 
 def default_model_specs() -> tuple[ModelSpec, ...]:

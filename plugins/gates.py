@@ -275,10 +275,10 @@ def _zero_compared(base: dict[str, Any], baseline: str, rows: list[dict[str, Any
     theirs = len(base.get("unmeasured") or [])
     sample = sorted({f"{r['property']}/{r['metric']} on {r['dataset'] or '-'}" for r in rows})
     unpaired = ", ".join(sample[:3]) + (f" and {len(sample) - 3} more" if len(sample) > 3 else "")
-    return (f"{head}: none has a counterpart there (the baseline holds models [{held}]; of {', '.join(targets)}, "
-            f"{how}, it has {theirs} cell{'s' * (theirs != 1)}, none with this run's property, dataset, condition and "
-            f"metric; this run's cells that could not be paired: {unpaired}), so no regression gate checked "
-            "anything; pass a baseline measured with the same properties, --data and options as this run.")
+    return (f"{head}: none has a counterpart there that could be compared (the baseline holds models [{held}]; of "
+            f"{', '.join(targets)}, {how}, {theirs} of its cells are not among this run's; this run's cells that "
+            f"could not be compared: {unpaired}), so no regression gate checked anything; pass a baseline measured "
+            "with the same properties, --data and options as this run (the start-up warnings say what differs).")
 
 
 def audit(rules: Iterable[Threshold], rows: list[dict[str, Any]], *, baseline: str | None,

@@ -20,11 +20,11 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from clip_robustness.plugins.config import Threshold, load_baseline
+from clip_robustness.plugins.config import Threshold, load_baseline, template_file_digests
 from clip_robustness.plugins.gates import FAIL, INCONCLUSIVE, PASS, describe_cell
 from clip_robustness.plugins.metrics import CLASSIFICATION_SAMPLES, OOD_SAMPLES, metric_info
 from clip_robustness.plugins.rows import load_report, row_key
@@ -70,6 +70,17 @@ class Baseline:
     model_map: dict[str, str] = field(default_factory=dict)  # candidate id -> baseline id
     config: dict[str, Any] = field(default_factory=dict)  # the baseline's run.config
     _checked: dict[str, tuple[dict[str, np.ndarray] | None, str | None]] = field(default_factory=dict, repr=False)
+
+    def templates_changed(self, templates: Sequence[str]) -> dict[str, str]:
+        """name -> why, for each template file this run and the baseline name alike (``templates=NAME``) whose
+        contents differ: those cells measured other prompts, so they are not compared."""
+        theirs = self.config.get("template_files")
+        if not isinstance(theirs, dict):
+            return {}  # a baseline written before the digests were recorded
+        ours = template_file_digests(templates)
+        return {label: f"its template file {label} held other templates (sha256 {str(theirs[label])[:12]}) than "
+                       f"this run's (sha256 {ours[label][:12]})"
+                for label in sorted(set(ours) & set(theirs)) if ours[label] != theirs[label]}
 
     @classmethod
     def load(cls, path: Path, model_map: dict[str, str]) -> "Baseline":
@@ -201,10 +212,13 @@ def baseline_warnings(config: Any) -> list[str]:
         return []
     run = load_baseline(config.baseline).run.get("config")
     why = items_differ(run, config) if isinstance(run, dict) else None
-    if why is None:
-        return []
-    return [f"--baseline {config.baseline}: {why}; no cell is paired with it, each is compared unpaired from "
-            "the two rows' values and CIs (wider), so re-run the baseline with this run's options for paired tests"]
+    lines = [] if why is None else [
+        f"--baseline {config.baseline}: {why}; no cell is paired with it, each is compared unpaired from the two "
+        "rows' values and CIs (wider), so re-run the baseline with this run's options for paired tests"]
+    changed = Baseline(config.baseline, {}, set(), config=dict(run) if isinstance(run, dict) else {})
+    return lines + [f"--baseline {config.baseline}: {why}, so its cells under templates={label} are not compared "
+                    "with this run's; name the new file differently, or re-run the baseline with it"
+                    for label, why in changed.templates_changed(config.templates).items()]
 
 
 def expanded_confidence(n: int, confidence: float = 0.95) -> float:
@@ -312,6 +326,11 @@ def compare_with_baseline(row: dict[str, Any], samples: dict[str, np.ndarray] | 
     base_row = baseline.counterpart(row, templates=templates)
     if base_row is None:
         return None
+    from clip_robustness.fixtures.conditions import parse_condition
+
+    if run is not None and parse_condition(row["condition"]).get("templates") in baseline.templates_changed(
+            _config_value(run, "templates") or ()):
+        return None  # other prompts under one name: no counterpart (baseline_warnings says so at start)
     if row["value"] is None or base_row.get("value") is None:  # a max_drop gate must fail, not skip
         return undefined_comparison(row, base_row)
     base_samples, why = baseline.checked_samples(base_row)

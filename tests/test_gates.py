@@ -216,11 +216,11 @@ def test_zero_comparisons_in_a_shard_warn_and_the_advice_fits_the_options():
         "shards may measure the cells the baseline has: the merged report's audit fails the run if no shard compared any."]
     whole = audit([], rows, baseline="b.json", strict=False, baseline_models={"child": "parent"}, baseline_cells=cells)
     assert whole["failures"] == [
-        "--baseline b.json was compared with 0 of the 1 measured cells: none has a counterpart there (the baseline holds "
-        "models [other, parent]; of parent, paired by --baseline-model child=parent, it has 1 cell, none with this "
-        "run's property, dataset, condition and metric; this run's cells that could not be paired: accuracy/top1 on "
-        "world:test), so no regression gate checked anything; pass a baseline measured with the same properties, "
-        "--data and options as this run."]
+        "--baseline b.json was compared with 0 of the 1 measured cells: none has a counterpart there that could be "
+        "compared (the baseline holds models [other, parent]; of parent, paired by --baseline-model child=parent, 1 of its cells are "
+        "not among this run's; this run's cells that could not be compared: accuracy/top1 on world:test), so no "
+        "regression gate checked anything; pass a baseline measured with the same properties, --data and options as "
+        "this run (the start-up warnings say what differs)."]
     assert "pass --baseline-model" not in whole["failures"][0]
     named = audit([], rows, baseline="b.json", strict=False, baseline_cells=cells)  # not given, and needed
     assert named["failures"][0].endswith("none has a counterpart there (it holds models [other, parent], not child), so "

@@ -580,3 +580,32 @@ def test_an_overwritten_sample_file_and_another_seed_end_to_end(pytester, run_ha
     (row,) = json.loads((pytester.path / "seed1" / "robustness.json").read_text())["results"]
     assert row["extra"]["comparison"]["method"] == (
         "unpaired (the baseline was run with --seed 0, this run with 1, so its items differ)")
+
+
+def test_a_template_file_whose_content_changed_under_one_name_is_not_compared(tmp_path):
+    """QA: the same model against its own baseline 'dropped' 0.12 when the prompts file p.txt had been edited:
+    cells named templates=p measured other prompts, and the drop was blamed on the model."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from clip_robustness.plugins.config import template_file_digests
+    from clip_robustness.plugins.regression import Baseline, compare_with_baseline
+    from clip_robustness.plugins.rows import row_key
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a {c}.\n")
+    before = template_file_digests([str(prompts)])
+    assert before == {str(prompts): hashlib.sha256(prompts.read_bytes()).hexdigest()}
+    row = {**_cls_row(np.eye(3), np.arange(3)), "condition": f"templates={prompts}"}
+    builtin = {**row, "condition": "templates=openai"}  # a built-in set's cells are compared as before
+    baseline = Baseline(tmp_path / "b.json", {row_key(r): {**r, "value": 0.9} for r in (row, builtin)}, {"m"},
+                        config={"seed": 0, "limit": None, "template_files": before})
+    run = SimpleNamespace(templates=(str(prompts), "openai"), seed=0, limit=None, data={})
+    assert compare_with_baseline(row, None, baseline, run, templates=str(prompts), seed=0) is not None
+    prompts.write_text("a sketch of a {c}.\n")
+    after = template_file_digests([str(prompts)])[str(prompts)]
+    assert baseline.templates_changed(run.templates) == {str(prompts): (
+        f"its template file {prompts} held other templates (sha256 {before[str(prompts)][:12]}) than this run's "
+        f"(sha256 {after[:12]})")}
+    assert compare_with_baseline(row, None, baseline, run, templates=str(prompts), seed=0) is None
+    assert compare_with_baseline(builtin, None, baseline, run, templates=str(prompts), seed=0) is not None
