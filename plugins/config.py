@@ -6,6 +6,7 @@ with a message that names the value and the accepted forms.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import re
@@ -501,7 +502,18 @@ def models_without_baseline(specs: tuple[ModelSpec, ...], model_map: dict[str, s
 
 
 def load_baseline(path: Path) -> Any:
-    """The ``--baseline`` report (clip_robustness.plugins.rows.Report), checked as every report reader checks it."""
+    """The ``--baseline`` report (clip_robustness.plugins.rows.Report), checked as every report reader checks it;
+    read once per file state (the start-up checks, the comparisons and the audit all read it)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise ConfigError(f"--baseline {path}: cannot read it ({err})") from None
+    return _read_baseline(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_baseline(path: str, _size: int, _mtime_ns: int) -> Any:
     from clip_robustness.plugins.rows import ReportError, load_report
 
     try:

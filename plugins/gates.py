@@ -202,11 +202,11 @@ def baseline_cells(path: Any, model_map: dict[str, str], model_ids: Iterable[str
     """What the audit needs of the ``--baseline`` report: the models it holds, and its cells of this run's models
     (``model_map``: --baseline-model, run id -> baseline id) as ``[property, run model id, dataset, condition,
     metric]``. None when the file cannot be read (the audit then counts this run's cells only)."""
-    from clip_robustness.plugins.rows import ReportError, load_report
+    from clip_robustness.plugins.config import ConfigError, load_baseline
 
     try:
-        rows = load_report(path).rows
-    except (ReportError, OSError):
+        rows = load_baseline(path).rows
+    except ConfigError:
         return None
     by_base: dict[str, list[str]] = {}
     for model in model_ids:

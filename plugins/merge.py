@@ -295,6 +295,7 @@ _RUN_SETTINGS: list[tuple[str, Any, Any, str]] = [
     ("the device kind (--device)", _device_kind, _show, _SAME_OPTIONS),
     ("--precision", _precision, _show, _SAME_OPTIONS),
     ("--templates", _config("templates"), _show, _SAME_OPTIONS),
+    ("the --templates files' contents", _config("template_files"), _show, _SAME_OPTIONS),
     ("--thresholds (the gate rules)", _rules, _show_rules, _SAME_OPTIONS),
     ("--data", _data, _show, _SAME_OPTIONS),
     ("--baseline / --baseline-model", _baseline, _show, _SAME_OPTIONS),

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,22 +71,20 @@ class Baseline:
     config: dict[str, Any] = field(default_factory=dict)  # the baseline's run.config
     _checked: dict[str, tuple[dict[str, np.ndarray] | None, str | None]] = field(default_factory=dict, repr=False)
 
+    _changed: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict, repr=False)
+
     def templates_changed(self, templates: Sequence[str]) -> dict[str, str]:
-        """name -> why, for each template file this run and the baseline name alike (``templates=NAME``) whose
-        contents differ: those cells measured other prompts, so they are not compared."""
-        theirs = self.config.get("template_files")
-        if not isinstance(theirs, dict):
-            return {}  # a baseline written before the digests were recorded
-        ours = template_file_digests(templates)
-        return {label: f"its template file {label} held other templates (sha256 {str(theirs[label])[:12]}) than "
-                       f"this run's (sha256 {ours[label][:12]})"
-                for label in sorted(set(ours) & set(theirs)) if ours[label] != theirs[label]}
+        """:func:`templates_changed` against this baseline, computed once per template list (it reads the files)."""
+        key = tuple(templates)
+        if key not in self._changed:
+            self._changed[key] = templates_changed(self.config, key)
+        return self._changed[key]
 
     @classmethod
     def load(cls, path: Path, model_map: dict[str, str]) -> "Baseline":
         """The report at ``path``, read by clip_robustness.plugins.rows.load_report (checked at start by
         clip_robustness.plugins.config, so a bad file never gets here)."""
-        report = load_report(path)
+        report = load_baseline(path)
         rows = [r.to_json() for r in report.rows]
         config = report.run.get("config")
         return cls(Path(path), {row_key(r): r for r in rows}, {r["model"] for r in rows}, model_map,
@@ -205,6 +203,18 @@ def items_differ(base_config: dict[str, Any], run: Any) -> str | None:
     return None
 
 
+def templates_changed(base_config: dict[str, Any], templates: Sequence[str]) -> dict[str, str]:
+    """name -> why, for each template file this run and the baseline (its ``run.config``) name alike
+    (``templates=NAME``) whose contents differ: those cells measured other prompts, so they are not compared."""
+    theirs = base_config.get("template_files")
+    if not isinstance(theirs, dict):
+        return {}  # a baseline written before the digests were recorded
+    ours = template_file_digests(templates)
+    return {label: f"its template file {label} held other templates (sha256 {str(theirs[label])[:12]}) than "
+                   f"this run's (sha256 {ours[label][:12]})"
+            for label in sorted(set(ours) & set(theirs)) if ours[label] != theirs[label]}
+
+
 def baseline_warnings(config: Any) -> list[str]:
     """Start-up warnings about the --baseline (one line each): a baseline run over other items (another
     --seed, --limit or --data path), whose cells are all compared unpaired."""
@@ -215,10 +225,10 @@ def baseline_warnings(config: Any) -> list[str]:
     lines = [] if why is None else [
         f"--baseline {config.baseline}: {why}; no cell is paired with it, each is compared unpaired from the two "
         "rows' values and CIs (wider), so re-run the baseline with this run's options for paired tests"]
-    changed = Baseline(config.baseline, {}, set(), config=dict(run) if isinstance(run, dict) else {})
+    changed = templates_changed(run, config.templates) if isinstance(run, dict) else {}
     return lines + [f"--baseline {config.baseline}: {why}, so its cells under templates={label} are not compared "
                     "with this run's; name the new file differently, or re-run the baseline with it"
-                    for label, why in changed.templates_changed(config.templates).items()]
+                    for label, why in changed.items()]
 
 
 def expanded_confidence(n: int, confidence: float = 0.95) -> float:

@@ -598,11 +598,14 @@ def test_a_template_file_whose_content_changed_under_one_name_is_not_compared(tm
     assert before == {str(prompts): hashlib.sha256(prompts.read_bytes()).hexdigest()}
     row = {**_cls_row(np.eye(3), np.arange(3)), "condition": f"templates={prompts}"}
     builtin = {**row, "condition": "templates=openai"}  # a built-in set's cells are compared as before
-    baseline = Baseline(tmp_path / "b.json", {row_key(r): {**r, "value": 0.9} for r in (row, builtin)}, {"m"},
+    def fresh_baseline() -> Baseline:  # one per run: it reads the template files once
+        return Baseline(tmp_path / "b.json", {row_key(r): {**r, "value": 0.9} for r in (row, builtin)}, {"m"},
                         config={"seed": 0, "limit": None, "template_files": before})
+
     run = SimpleNamespace(templates=(str(prompts), "openai"), seed=0, limit=None, data={})
-    assert compare_with_baseline(row, None, baseline, run, templates=str(prompts), seed=0) is not None
+    assert compare_with_baseline(row, None, fresh_baseline(), run, templates=str(prompts), seed=0) is not None
     prompts.write_text("a sketch of a {c}.\n")
+    baseline = fresh_baseline()
     after = template_file_digests([str(prompts)])[str(prompts)]
     assert baseline.templates_changed(run.templates) == {str(prompts): (
         f"its template file {prompts} held other templates (sha256 {before[str(prompts)][:12]}) than this run's "

@@ -288,6 +288,8 @@ def _set_model(run, **fields):
     (lambda run: (run.update(device="cuda:0"), run["config"].update(device="cuda")),
      "the device kind (--device): cpu in {1}, cuda in {2}"),
     (lambda run: run["config"].update(templates=["simple"]), "--templates: openai,single in {1}, simple in {2}"),
+    (lambda run: run["config"].update(template_files={"p.txt": "0" * 64}),
+     "the --templates files' contents: {{}} in {1}, {{*p.txt*}} in {2}; re-run every shard with the same options"),
     (lambda run: run["config"]["thresholds"][0].update(min=0.5),
      "--thresholds (the gate rules): * rules (sha256 *) in {1}, * rules (sha256 *) in {2}"),
     (lambda run: run["config"].update(data={"imagenet": "/data/imagenet"}),
@@ -304,7 +306,8 @@ def _set_model(run, **fields):
      "the harness's git commit: {commit} in {1}, {zeros40} in {2}; re-run every shard from the same commit"),
     (lambda run: run["versions"].update(torch="0.0.1"),
      "the version of torch: {torch} in {1}, 0.0.1 in {2}; re-run every shard in the same environment"),
-], ids=["models", "weights", "limit", "seed", "precision", "device", "templates", "thresholds", "data", "baseline",
+], ids=["models", "weights", "limit", "seed", "precision", "device", "templates", "template-files", "thresholds",
+        "data", "baseline",
         "lmm", "selection", "shard-count", "git-commit", "versions"])
 def test_merge_refuses_shards_of_different_runs(real_shards, tmp_path, capsys, edit, sentence):
     from clip_robustness.plugins.merge import main as merge_main
