@@ -170,7 +170,8 @@ def check_space_form(config: pytest.Config) -> None:
 
 
 def _nearest_ini(folder: Path) -> Path | None:
-    """The pytest configuration file pytest finds from ``folder`` upwards when nothing else points elsewhere."""
+    """The pytest configuration file pytest finds from ``folder`` upwards when nothing else points elsewhere
+    (pytest's own search, ``_pytest.config.findpaths.locate_config``, is private API)."""
     wanted = {"pytest.ini": "", ".pytest.ini": "", "pyproject.toml": "[tool.pytest", "tox.ini": "[pytest]",
               "setup.cfg": "[tool:pytest]"}
     for place in (folder, *folder.parents):
